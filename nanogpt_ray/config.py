@@ -1,0 +1,446 @@
+"""Typed configs with nanoGPT's names and defaults, and the loader that fills them.
+
+Stdlib only: the driver, Ray workers and tests import this without torch.
+
+A config is built in three layers, each overriding the one before:
+  1. the dataclass defaults below (nanoGPT's train.py / sample.py / bench.py values),
+  2. config files, run with runpy exactly like nanoGPT's `exec(open(file).read())` did,
+  3. `--key=value` flags, parsed with ast.literal_eval (never executed) and coerced to the field type.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import os
+import runpy
+import types
+import typing
+from dataclasses import dataclass, field
+
+GPT2_PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+class ConfigError(ValueError):
+    """A config value a person has to fix; the message is one line and names the key."""
+
+
+def _is_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda", "mps"):
+        return True
+    kind, _, index = device.partition(":")
+    return kind == "cuda" and index.isdigit()
+
+
+def _check_device_dtype(device: str, dtype: str) -> None:
+    if not _is_device(device):
+        raise ConfigError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+
+
+def _check_model_shape(n_layer: int, n_head: int, n_embd: int, block_size: int) -> None:
+    for key, value in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd), ("block_size", block_size)):
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be a positive integer")
+    if n_embd % n_head != 0:
+        raise ConfigError(f"n_embd={n_embd} must be divisible by n_head={n_head} (each head gets n_embd // n_head dims)")
+
+
+def _check_init_from(init_from: str, allowed: tuple[str, ...]) -> None:
+    # A local directory holding a saved Hugging Face GPT2LMHeadModel is accepted too.
+    if init_from in allowed or init_from in GPT2_PRESETS or os.path.isdir(os.path.expanduser(init_from)):
+        return
+    choices = ", ".join(allowed + GPT2_PRESETS)
+    raise ConfigError(f"init_from={init_from!r} is not known; use one of {choices}, or a directory saved by save_pretrained")
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature <= 0:
+        raise ConfigError(f"temperature={temperature} must be > 0 (use a small value such as 1e-5 for near-greedy)")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k={top_k} must be >= 1, or None to sample from the whole vocabulary")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"top_p={top_p} must be in (0, 1], or None to turn nucleus sampling off")
+
+
+@dataclass
+class TrainConfig:
+    """Everything nanoGPT's train.py reads, under the same names, plus the Ray knobs."""
+
+    # I/O
+    out_dir: str = "out"
+    """Where ckpt.pt (the latest good checkpoint) is written, as in nanoGPT."""
+    eval_interval: int = 2000
+    """Iterations between evaluations (and checkpoints, and Ray reports of val loss)."""
+    log_interval: int = 1
+    """Iterations between log lines; each log is also a ray.train.report, so keep it >1 on big runs."""
+    eval_iters: int = 200
+    """Batches per split per evaluation, shared out across the workers."""
+    eval_only: bool = False
+    """Evaluate once and exit."""
+    always_save_checkpoint: bool = True
+    """Checkpoint at every eval, not only when val loss improves."""
+    init_from: str = "scratch"
+    """'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a local GPT-2 directory."""
+    # wandb logging
+    wandb_log: bool = False
+    wandb_project: str = "owt"
+    wandb_run_name: str = "gpt2"
+    # data
+    dataset: str = "openwebtext"
+    """Folder under data_root holding train.bin, val.bin and meta.json."""
+    data_root: str = "data"
+    """Root folder of prepared datasets; must be readable by every worker (shared on multi-node)."""
+    gradient_accumulation_steps: int = 5 * 8
+    """Global micro-steps per iteration, as in nanoGPT: split across workers, so it must divide by num_workers."""
+    batch_size: int = 12
+    """Micro-batch size per micro-step."""
+    block_size: int = 1024
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    """0 for pretraining, 0.1+ for finetuning."""
+    bias: bool = False
+    """Bias in Linear and LayerNorm layers."""
+    # adamw optimizer
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip gradient norm at this value; 0 disables."""
+    # learning rate decay
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    """Should be ~max_iters per Chinchilla."""
+    min_lr: float = 6e-5
+    """Should be ~learning_rate / 10 per Chinchilla."""
+    # system
+    backend: str = "auto"
+    """DDP backend; 'auto' is nccl with GPUs and gloo without (nanoGPT hard-codes nccl)."""
+    device: str = "auto"
+    """'auto' picks cuda when the worker has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
+    dtype: str = "auto"
+    """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
+    compile: bool = True
+    """torch.compile the model (slow to start on CPU; the CPU configs turn it off)."""
+    seed: int = 1337
+    """Base seed; worker r uses seed + r, as nanoGPT's seed_offset."""
+    # Ray
+    num_workers: int = 1
+    """Ray Train workers (DDP ranks)."""
+    use_gpu: bool | None = None
+    """One GPU per worker; None means yes when the cluster has GPUs."""
+    cpus_per_worker: float = 1.0
+    resources_per_worker: dict = field(default_factory=dict)
+    """Extra Ray resources per worker, e.g. {'accelerator_type:H100': 0.01}."""
+    placement_strategy: str = "PACK"
+    """Ray placement of workers: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
+    storage_path: str = ""
+    """Where Ray persists checkpoints; '' means <out_dir>/ray. Must be shared (NFS, s3://) on several nodes."""
+    run_name: str = ""
+    """Ray run name; '' derives it from out_dir so a rerun resumes the same run."""
+    max_failures: int = 3
+    """Worker-group restarts from the latest checkpoint before the run fails."""
+    num_checkpoints_to_keep: int = 2
+    max_nan_rollbacks: int = 3
+    """Non-finite losses survived (each rolls back to the last checkpoint) before the run fails."""
+    address: str = ""
+    """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
+
+    def __post_init__(self) -> None:
+        _check_device_dtype(self.device, self.dtype)
+        _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
+        _check_init_from(self.init_from, ("scratch", "resume"))
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} is not supported; use one of {', '.join(BACKENDS)}")
+        for key in ("gradient_accumulation_steps", "batch_size", "num_workers", "eval_iters", "log_interval", "eval_interval"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.max_iters < 0:
+            raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.gradient_accumulation_steps % self.num_workers != 0:
+            raise ConfigError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide by num_workers={self.num_workers}: "
+                "it is the global number of micro-steps per iteration, as in nanoGPT"
+            )
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ConfigError(f"placement_strategy={self.placement_strategy!r}; use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+
+    def tokens_per_iter(self) -> int:
+        """Global tokens per optimizer step, independent of num_workers."""
+        return self.gradient_accumulation_steps * self.batch_size * self.block_size
+
+    def micro_steps_per_worker(self) -> int:
+        return self.gradient_accumulation_steps // self.num_workers
+
+    def dataset_dir(self) -> str:
+        return os.path.join(self.data_root, self.dataset)
+
+    def resolved_storage_path(self) -> str:
+        return self.storage_path or os.path.join(self.out_dir, "ray")
+
+    def resolved_run_name(self) -> str:
+        return self.run_name or os.path.basename(os.path.normpath(self.out_dir)) or "nanogpt"
+
+    def model_args(self) -> dict:
+        return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
+                    bias=self.bias, dropout=self.dropout)
+
+
+@dataclass
+class SampleConfig:
+    """sample.py's knobs, plus batch sampling on Ray actors."""
+
+    init_from: str = "resume"
+    """'resume' (from out_dir/ckpt.pt), 'gpt2*', or a local GPT-2 directory."""
+    out_dir: str = "out"
+    """Folder holding ckpt.pt when init_from='resume'."""
+    ckpt_path: str = ""
+    """An explicit checkpoint file or Ray checkpoint directory; overrides out_dir."""
+    data_root: str = "data"
+    """Where the checkpoint's dataset meta.json (the char vocab) is looked up."""
+    start: str = "\n"
+    """Prompt text, or FILE:path to read it from a file."""
+    num_samples: int = 10
+    max_new_tokens: int = 500
+    temperature: float = 0.8
+    """1.0 keeps the model's distribution, lower is more conservative; must be > 0."""
+    top_k: int | None = 200
+    """Keep only the k most likely tokens; None disables."""
+    top_p: float | None = None
+    """Nucleus sampling: keep the smallest set of tokens with this much probability; None disables."""
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    # batch sampling on Ray actors
+    prompts: str = ""
+    """A .jsonl, .parquet or .txt file of prompts; switches to batch sampling."""
+    output: str = ""
+    """Where batch results go (.jsonl or .parquet)."""
+    num_actors: int = 0
+    """Sampling actors; 0 means one per GPU, or per free CPU slot."""
+    gpus_per_actor: float = 0.0
+    batch_size: int = 16
+    """Rows generated together by one actor."""
+    truncate: bool = False
+    """Keep the last block_size tokens of a too-long prompt instead of failing that row."""
+    resume: bool = False
+    """Skip ids already present in the output."""
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        _check_device_dtype(self.device, self.dtype)
+        _check_init_from(self.init_from, ("resume",))
+        _check_sampling(self.temperature, self.top_k, self.top_p)
+        for key in ("num_samples", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+
+
+@dataclass
+class BenchConfig:
+    """bench.py's knobs, plus cluster-wide and scaling benchmarks."""
+
+    batch_size: int = 12
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    bias: bool = False
+    dropout: float = 0.0
+    real_data: bool = True
+    """Batches from a prepared dataset; False uses random tokens."""
+    dataset: str = "openwebtext"
+    data_root: str = "data"
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = True
+    profile: bool = False
+    """Write a torch.profiler trace (TensorBoard) instead of the plain timing."""
+    profile_dir: str = "bench_profile"
+    warmup_steps: int = 10
+    timed_steps: int = 20
+    cluster: bool = False
+    """One benchmark actor per GPU (or per node on CPU clusters), spread over the Ray cluster."""
+    scaling: bool = False
+    """Time the Ray Train loop with 1..max_workers workers on the same global batch."""
+    max_workers: int = 2
+    gradient_accumulation_steps: int = 2
+    """Global micro-steps per iteration in scaling mode."""
+    json: str = ""
+    """Write the result rows to this JSON file."""
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        _check_device_dtype(self.device, self.dtype)
+        _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
+        for key in ("batch_size", "timed_steps", "max_workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+
+    def model_args(self) -> dict:
+        return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
+                    bias=self.bias, dropout=self.dropout)
+
+
+# ----------------------------------------------------------------------------- loading
+
+PATH_KEYS = ("out_dir", "data_root", "storage_path", "ckpt_path", "prompts", "output", "json", "profile_dir")
+
+
+def config_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def field_doc(cls, name: str) -> str:
+    """The docstring under a field (used for --help), read from the class source once."""
+    return _field_docs(cls).get(name, "")
+
+
+_DOC_CACHE: dict[type, dict[str, str]] = {}
+
+
+def _field_docs(cls) -> dict[str, str]:
+    if cls not in _DOC_CACHE:
+        import inspect
+
+        docs: dict[str, str] = {}
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body
+        for node, following in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(following.value.value).split())
+        _DOC_CACHE[cls] = docs
+    return _DOC_CACHE[cls]
+
+
+def _closest(name: str, choices) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _field_type(cls, name: str):
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def coerce(cls, key: str, value):
+    """Turn a parsed value into the field's type, or say in one line why it cannot be."""
+    kind = _field_type(cls, key)
+    optional = False
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(kind))
+        kind = args[0]
+    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
+        if optional:
+            return None
+        raise ConfigError(f"{key}=None is not allowed; expected {kind.__name__}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        return value if isinstance(value, str) else str(value)
+    elif kind is dict:
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{key}={value!r} is not a valid {kind.__name__}" + (" (or None)" if optional else ""))
+
+
+def _parse_flag_value(cls, key: str, text: str):
+    if _field_type(cls, key) is str:
+        return text  # strings are taken verbatim: --out_dir=123 is the folder '123'
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # like nanoGPT: a bare word stays a string, and coerce() judges it
+
+
+def _values_from_file(cls, path: str, current: dict) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    # runpy runs the file as the user's own script, as nanoGPT's configurator does with exec;
+    # seeding it with the current values lets a file say `batch_size = batch_size * 2`.
+    namespace = runpy.run_path(path, init_globals=dict(current))
+    values = {}
+    fields = config_fields(cls)
+    for name, value in namespace.items():
+        if name.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        if name not in fields:
+            raise ConfigError(f"unknown config key {name!r} in {path}{_closest(name, fields)}")
+        if name in current and value is current[name]:
+            continue
+        values[name] = value
+    return values
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """nanoGPT's syntax: bare arguments are config files, `--key=value` are overrides."""
+    files, overrides = [], []
+    for arg in argv:
+        (overrides if arg.startswith("--") else files).append(arg)
+    return files, overrides
+
+
+def load_config(cls, files=(), overrides=(), absolute_paths: bool = True):
+    """Defaults < config files (in order) < --key=value overrides; returns a validated `cls`."""
+    fields = config_fields(cls)
+    values = {name: getattr(cls(), name) if f.default is dataclasses.MISSING else f.default for name, f in fields.items()}
+    for path in files:
+        for key, value in _values_from_file(cls, path, values).items():
+            values[key] = coerce(cls, key, value)
+    for flag in overrides:
+        if not flag.startswith("--") or "=" not in flag:
+            raise ConfigError(f"cannot read {flag!r}: overrides look like --key=value")
+        key, text = flag[2:].split("=", 1)
+        if key not in fields:
+            raise ConfigError(f"unknown config key {key!r}{_closest(key, fields)}")
+        values[key] = coerce(cls, key, _parse_flag_value(cls, key, text))
+    if absolute_paths:
+        # Ray workers do not share the driver's working directory.
+        for key in PATH_KEYS:
+            if key in values and values[key]:
+                values[key] = os.path.abspath(os.path.expanduser(values[key]))
+        init = values.get("init_from")
+        if init and init not in GPT2_PRESETS and init not in ("scratch", "resume") and os.path.isdir(os.path.expanduser(init)):
+            values["init_from"] = os.path.abspath(os.path.expanduser(init))
+    return cls(**values)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls, values: dict):
+    """Rebuild a config from a plain dict (e.g. inside a Ray worker); unknown keys are an error."""
+    fields = config_fields(cls)
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}{_closest(unknown[0], fields)}")
+    return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
