@@ -298,7 +298,7 @@ class BenchConfig:
 
 # ----------------------------------------------------------------------------- loading
 
-PATH_KEYS = ("out_dir", "data_root", "storage_path", "ckpt_path", "prompts", "output", "json", "profile_dir")
+PATH_KEYS = ("out_dir", "data_root", "storage_path", "ckpt_path", "prompts", "output", "json", "profile_dir", "hf_dir")
 
 
 def config_fields(cls) -> dict[str, dataclasses.Field]:
@@ -444,3 +444,19 @@ def from_dict(cls, values: dict):
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}{_closest(unknown[0], fields)}")
     return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
+
+
+@dataclass
+class ExportConfig:
+    """Turn a checkpoint into a Hugging Face GPT2LMHeadModel directory."""
+
+    init_from: str = "resume"
+    out_dir: str = "out"
+    """Folder holding ckpt.pt."""
+    ckpt_path: str = ""
+    """An explicit checkpoint file or Ray checkpoint directory; overrides out_dir."""
+    hf_dir: str = ""
+    """Where the Hugging Face directory is written; '' means <out_dir>/hf."""
+
+    def __post_init__(self) -> None:
+        _check_init_from(self.init_from, ("resume",))

@@ -1,0 +1,115 @@
+"""nanoGPT-compatible checkpoints: ckpt.pt written atomically, loaded with weights_only=True.
+
+The dict keeps nanoGPT's keys ('model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config'),
+so a checkpoint moves both ways between nanoGPT and nanogpt-ray; our extra resume state sits in 'resume'.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+
+from .config import GPT2_PRESETS
+from .model import GPT, GPTConfig, to_hf_state_dict
+
+CKPT_NAME = "ckpt.pt"
+REQUIRED_KEYS = ("model", "model_args")
+MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or not ours; one line."""
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Drop the prefixes torch.compile (_orig_mod.) and DDP (module.) add, so keys match a bare GPT."""
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value
+    return cleaned
+
+
+def save_checkpoint(ckpt: dict, path: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`: a kill at any moment
+    leaves either the old checkpoint or the new one, never half of one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def checkpoint_file(path: str) -> str:
+    """A ckpt.pt path from a file, an out_dir, or a Ray checkpoint directory."""
+    return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    path = checkpoint_file(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}; train first or pass --out_dir/--ckpt_path of a run")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a checkpoint that loads with weights_only=True ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is not a nanoGPT/nanogpt-ray checkpoint (needs keys {', '.join(REQUIRED_KEYS)})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, dropout: float | None = None) -> GPT:
+    model_args = {k: ckpt["model_args"][k] for k in MODEL_ARG_KEYS if k in ckpt["model_args"]}
+    if dropout is not None:
+        model_args["dropout"] = dropout
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    return model
+
+
+def load_model(init_from: str = "resume", out_dir: str = "out", ckpt_path: str = "", device: str = "cpu"):
+    """The model sampling and benchmarks run: (model in eval mode on device, checkpoint dict or None).
+    init_from: 'resume' (ckpt_path, else out_dir/ckpt.pt), a GPT-2 name, or a local GPT-2 directory."""
+    if init_from == "resume":
+        ckpt = load_checkpoint(ckpt_path or out_dir)
+        model = model_from_checkpoint(ckpt)
+    elif init_from in GPT2_PRESETS or os.path.isdir(init_from):
+        ckpt, model = None, GPT.from_pretrained(init_from, dict(dropout=0.0))
+    else:
+        raise CheckpointError(f"init_from={init_from!r}; use 'resume', one of {', '.join(GPT2_PRESETS)}, or a GPT-2 directory")
+    return model.eval().to(device), ckpt
+
+
+def export_hf(model: GPT, out_dir: str) -> str:
+    """Write a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors) that
+    `transformers` loads. Models trained with bias=False get zero biases, which compute the same thing."""
+    from transformers import GPT2Config, GPT2LMHeadModel  # the hf extra; only needed here
+
+    cfg = model.config
+    hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu",
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    hf_model = GPT2LMHeadModel(hf_config)
+    ours = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    hf_state = hf_model.state_dict()
+    for key in hf_state:
+        if key in ours:
+            hf_state[key] = ours[key].to(hf_state[key].dtype)
+        elif key.endswith(".bias") and key.replace(".bias", ".weight") in ours:
+            hf_state[key] = torch.zeros_like(hf_state[key])  # bias=False models: a zero bias is no bias
+    hf_model.load_state_dict(hf_state, strict=False)
+    os.makedirs(out_dir, exist_ok=True)
+    hf_model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

@@ -1,0 +1,153 @@
+"""`nanogpt-ray prepare|train|tune|sample|bench|export`: nanoGPT's argument syntax for every command.
+
+    nanogpt-ray train configs/train_shakespeare_char.py --batch_size=32 --num_workers=2
+
+Bare arguments are config files (run in order), `--key=value` flags override them. Mistakes a person can
+fix end in one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from .config import BenchConfig, ConfigError, ExportConfig, SampleConfig, TrainConfig, field_doc, load_config, split_args
+
+USAGE = """usage: nanogpt-ray <command> [config files] [--key=value ...]
+
+commands:
+  prepare   tokenize a corpus into <data_root>/<dataset>/{train,val}.bin and meta.json, in parallel on Ray
+  train     train a GPT on Ray Train (DDP over every worker), checkpoints to out_dir and storage_path
+  tune      sweep learning rate and model size with Ray Tune
+  sample    generate text from a checkpoint or GPT-2 (batch files of prompts on Ray actors)
+  bench     time training steps: ms/iter, tokens/s, MFU, memory (one node, every node, or worker scaling)
+  export    write a checkpoint as a Hugging Face GPT2LMHeadModel directory
+
+`nanogpt-ray <command> --help` lists every key of that command with its default and meaning.
+"""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input, not a bug: printed as one line."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .tokenizer import TokenizerError
+
+    errors = [ConfigError, DataError, CheckpointError, TokenizerError, FileNotFoundError]
+    for module_name, class_name in (("prepare", "PrepareError"), ("launch", "LaunchError"), ("sweep", "SweepError"),
+                                    ("actors", "ActorError"), ("bench", "BenchError"), ("sample", "SampleError")):
+        module = sys.modules.get(f"{__package__}.{module_name}")
+        if module is not None and hasattr(module, class_name):
+            errors.append(getattr(module, class_name))
+    return tuple(errors)
+
+
+def format_help(cls, command: str, summary: str) -> str:
+    lines = [f"usage: nanogpt-ray {command} [config files] [--key=value ...]", "", summary, "", "keys (default: meaning):"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        doc = field_doc(cls, f.name)
+        lines.append(f"  --{f.name}={default!r}" + (f"  {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def load(cls, argv: list[str]):
+    files, overrides = split_args(argv)
+    return load_config(cls, files, overrides)
+
+
+# ---------------------------------------------------------------------------- commands
+
+def cmd_prepare(argv: list[str]) -> int:
+    from .prepare import prepare_main
+
+    return prepare_main(argv)
+
+
+def cmd_train(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(format_help(TrainConfig, "train", "Train a GPT with nanoGPT's loop under Ray Train (TorchTrainer + DDP)."))
+        return 0
+    from .launch import train
+
+    train(load(TrainConfig, argv))
+    return 0
+
+
+def cmd_tune(argv: list[str]) -> int:
+    from .sweep import tune_main
+
+    return tune_main(argv)
+
+
+def cmd_sample(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(format_help(SampleConfig, "sample", "Sample from a checkpoint (init_from=resume) or GPT-2; "
+                                                  "--prompts=FILE --output=FILE samples a whole file on Ray actors."))
+        return 0
+    cfg = load(SampleConfig, argv)
+    if cfg.prompts:
+        from .actors import sample_file
+
+        sample_file(cfg)
+    else:
+        from .sample import sample_main
+
+        sample_main(cfg)
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(format_help(BenchConfig, "bench", "Time training steps: ms/iter, tokens/s, MFU and peak memory."))
+        return 0
+    from .bench import bench_main
+
+    return bench_main(load(BenchConfig, argv))
+
+
+def cmd_export(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(format_help(ExportConfig, "export", "Write a checkpoint as a Hugging Face GPT2LMHeadModel directory."))
+        return 0
+    import os
+
+    from .checkpoint import export_hf, load_model
+
+    cfg = load(ExportConfig, argv)
+    model, _ = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path)
+    hf_dir = cfg.hf_dir or os.path.join(cfg.out_dir, "hf")
+    export_hf(model, hf_dir)
+    print(f"wrote a Hugging Face GPT2LMHeadModel to {hf_dir}")
+    return 0
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "tune": cmd_tune, "sample": cmd_sample,
+            "bench": cmd_bench, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"nanogpt-ray: unknown command {command!r}; use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest) or 0
+    except _user_errors() as e:
+        print(f"nanogpt-ray {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nanogpt-ray {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Tokenizers: a character vocabulary (stored as meta.json) and GPT-2 BPE through tiktoken, offline-capable.
+
+The GPT-2 ranks are tiktoken's `r50k_base` (identical to its `gpt2` encoding, but stored as one file, so a
+single cached file or an explicit ranks path is enough to work without a network).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+
+GPT2_EOT = 50256
+GPT2_VOCAB_SIZE = 50257
+# Pattern of r50k_base/gpt2; kept here so an explicit ranks file needs nothing else from tiktoken_ext.
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+RANKS_ENV = "NANOGPT_RAY_GPT2_RANKS"
+
+
+class TokenizerError(ValueError):
+    """Text or a vocabulary file a person has to fix; one line."""
+
+
+class CharTokenizer:
+    """One token per character, ids in sorted character order (nanoGPT's shakespeare_char)."""
+
+    kind = "char"
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+        self.eot_token = None
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[ch] for ch in text]
+        except KeyError as e:
+            raise TokenizerError(f"character {e.args[0]!r} is not in this model's {self.vocab_size}-character vocabulary") from None
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return sorted({ch for ch in text if ch not in self.stoi})
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def meta(self) -> dict:
+        return {"tokenizer": "char", "vocab_size": self.vocab_size, "chars": self.chars}
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE; documents are separated by <|endoftext|> (id 50256)."""
+
+    kind = "gpt2"
+    vocab_size = GPT2_VOCAB_SIZE
+    eot_token = GPT2_EOT
+
+    def __init__(self, ranks_path: str | None = None):
+        self.encoding = gpt2_encoding(ranks_path)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode(self, ids) -> str:
+        return self.encoding.decode(list(ids))
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return []  # byte-level BPE encodes any text
+
+    def meta(self) -> dict:
+        return {"tokenizer": "gpt2", "vocab_size": self.vocab_size}
+
+
+def gpt2_encoding(ranks_path: str | None = None):
+    """tiktoken's GPT-2 encoding: from an explicit ranks file (argument or $NANOGPT_RAY_GPT2_RANKS),
+    else tiktoken's own loader, which reads $TIKTOKEN_CACHE_DIR before trying the network."""
+    import tiktoken
+
+    ranks_path = ranks_path or os.environ.get(RANKS_ENV)
+    if ranks_path:
+        from tiktoken.load import load_tiktoken_bpe
+
+        if not os.path.isfile(ranks_path):
+            raise TokenizerError(f"GPT-2 ranks file {ranks_path!r} does not exist")
+        ranks = load_tiktoken_bpe(ranks_path)
+        return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                                 special_tokens={"<|endoftext|>": GPT2_EOT}, explicit_n_vocab=GPT2_VOCAB_SIZE)
+    try:
+        return tiktoken.get_encoding("r50k_base")
+    except Exception as e:  # network errors from requests/urllib come in many types
+        raise TokenizerError(
+            "cannot load the GPT-2 BPE ranks (no network?): set TIKTOKEN_CACHE_DIR to a tiktoken cache holding "
+            f"r50k_base, or {RANKS_ENV} to an r50k_base.tiktoken file ({type(e).__name__})"
+        ) from None
+
+
+# ---------------------------------------------------------------------- dataset meta
+
+class _StrIntOnlyUnpickler(pickle.Unpickler):
+    """nanoGPT's meta.pkl holds dicts of str/int; anything needing a class or function is refused,
+    so a hostile pickle cannot run code."""
+
+    def find_class(self, module, name):
+        raise TokenizerError(f"meta.pkl refers to {module}.{name}; only dicts of str and int are accepted")
+
+
+def _read_meta_pkl(path: str) -> dict:
+    with open(path, "rb") as f:
+        meta = _StrIntOnlyUnpickler(io.BytesIO(f.read())).load()
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{path} does not hold a dict")
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise TokenizerError(f"{path} has a non-string key {key!r}")
+        if isinstance(value, dict):
+            if not all(isinstance(k, (str, int)) and isinstance(v, (str, int)) for k, v in value.items()):
+                raise TokenizerError(f"{path}: {key!r} must map str/int to str/int")
+        elif not isinstance(value, (str, int)):
+            raise TokenizerError(f"{path}: {key!r} has a value of type {type(value).__name__}; only str, int and dicts of them")
+    if "itos" in meta:
+        itos = meta["itos"]
+        meta = {"tokenizer": "char", "vocab_size": meta.get("vocab_size", len(itos)),
+                "chars": [itos[i] for i in range(len(itos))]}
+    return meta
+
+
+def read_meta(dataset_dir: str) -> dict | None:
+    """meta.json of a prepared dataset (ours), else nanoGPT's meta.pkl read safely, else None."""
+    json_path = os.path.join(dataset_dir, "meta.json")
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            return json.load(f)
+    pkl_path = os.path.join(dataset_dir, "meta.pkl")
+    if os.path.exists(pkl_path):
+        return _read_meta_pkl(pkl_path)
+    return None
+
+
+def tokenizer_from_meta(meta: dict | None):
+    """The tokenizer a dataset was prepared with; GPT-2 BPE when there is no meta (as nanoGPT assumes)."""
+    if meta and meta.get("tokenizer", "char" if "chars" in meta else "gpt2") == "char":
+        return CharTokenizer(meta["chars"])
+    return GPT2Tokenizer()
