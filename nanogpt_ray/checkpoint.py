@@ -27,9 +27,12 @@ def clean_state_dict(state: dict) -> dict:
     """Drop the prefixes torch.compile (_orig_mod.) and DDP (module.) add, so keys match a bare GPT."""
     cleaned = {}
     for key, value in state.items():
-        for prefix in ("_orig_mod.", "module."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
+        stripped = True
+        while stripped:  # any order: DDP(compile(m)) -> module._orig_mod., compile(DDP(m)) -> _orig_mod.module.
+            stripped = False
+            for prefix in ("_orig_mod.", "module."):
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
         cleaned[key] = value
     return cleaned
 
@@ -99,7 +102,8 @@ def export_hf(model: GPT, out_dir: str) -> str:
 
     cfg = model.config
     hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu",
+                           n_layer=cfg.n_layer, n_head=cfg.n_head,
+                           activation_function="gelu_new",  # GELU with the tanh approximation, like our MLP
                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
     hf_model = GPT2LMHeadModel(hf_config)
     ours = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -1,0 +1,159 @@
+"""Sample from a trained model, after nanoGPT's sample.py. Pure: model, tokenizer, checkpoint, device, config.
+
+    nanogpt-ray sample --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
+
+`sample_main` is the command line; `load_sampler`, `resolve_tokenizer`, `read_start`, `encode_prompt` and
+`decode_tokens` are the pieces the Ray sampling actors (actors.py) reuse to serve whole files of prompts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from .checkpoint import load_model
+from .config import SampleConfig
+from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
+from .tokenizer import GPT2_VOCAB_SIZE, GPT2Tokenizer, read_meta, tokenizer_from_meta
+
+SEPARATOR = "---------------"
+FILE_PREFIX = "FILE:"
+
+
+class SampleError(ValueError):
+    """Sampling input a person has to fix (a prompt, a vocabulary); one line."""
+
+
+class Sampler(NamedTuple):
+    """What generation needs, loaded once: `model, tokenizer, device, ctx = load_sampler(cfg)`."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: str
+    ctx: object  # autocast context manager for the forward passes (a no-op in float32); reusable
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+def _meta_candidates(ckpt: dict, data_root: str) -> tuple[str | None, list[str]]:
+    """The checkpoint's dataset name and the folders its meta may sit in: the run's data_root first
+    (where it was trained), then this command's data_root (the data moved, or a nanoGPT checkpoint)."""
+    config = ckpt.get("config") or {}
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if not dataset:
+        return None, []
+    roots = [config.get("data_root"), data_root]
+    folders = []
+    for root in roots:
+        if root:
+            folder = os.path.join(os.path.expanduser(str(root)), str(dataset))
+            if folder not in folders:
+                folders.append(folder)
+    return str(dataset), folders
+
+
+def resolve_tokenizer(ckpt: dict | None, init_from: str, data_root: str = "data"):
+    """The tokenizer a model was trained with: the char vocab (meta.json, or nanoGPT's meta.pkl) of the
+    checkpoint's dataset, else GPT-2 BPE, which is also what GPT-2 weights (init_from=gpt2*/dir) use."""
+    if init_from != "resume" or ckpt is None:
+        return GPT2Tokenizer()
+    dataset, folders = _meta_candidates(ckpt, data_root)
+    for folder in folders:
+        meta = read_meta(folder)
+        if meta is not None:
+            return tokenizer_from_meta(meta)
+    vocab_size = (ckpt.get("model_args") or {}).get("vocab_size")
+    if vocab_size is not None and vocab_size < GPT2_VOCAB_SIZE:
+        # no meta, and GPT-2 BPE would produce ids the model does not have: say where we looked
+        where = ", ".join(folders) if folders else "nowhere (the checkpoint names no dataset)"
+        raise SampleError(f"no meta.json or meta.pkl for dataset {dataset!r} (looked in {where}); the model's "
+                          f"vocab_size={vocab_size} is too small for GPT-2 BPE; pass --data_root=<folder holding {dataset}>")
+    return GPT2Tokenizer()  # nanoGPT's assumption when a dataset has no meta
+
+
+# ---------------------------------------------------------------------------- prompts
+
+def read_start(start: str) -> str:
+    """The prompt: the text itself, or the contents of a file given as FILE:path (as in nanoGPT)."""
+    if not start.startswith(FILE_PREFIX):
+        return start
+    path = os.path.expanduser(start[len(FILE_PREFIX):])
+    if not os.path.isfile(path):
+        raise SampleError(f"prompt file {path!r} does not exist (start=FILE:path reads the prompt from a file)")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt; characters outside a char vocabulary are listed in one error line.
+    An empty prompt starts from <|endoftext|> where the tokenizer has one."""
+    unknown = tokenizer.unknown_chars(text)
+    if unknown:
+        shown = ", ".join(repr(ch) for ch in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
+        raise SampleError(f"the prompt has {len(unknown)} character(s) outside the model's "
+                          f"{tokenizer.vocab_size}-character vocabulary: {shown}")
+    ids = tokenizer.encode(text)
+    if not ids:
+        if tokenizer.eot_token is None:
+            raise SampleError("the prompt is empty and a char vocabulary has no start token; pass --start=<text>")
+        ids = [tokenizer.eot_token]
+    return ids
+
+
+def decode_tokens(tokenizer, ids) -> str:
+    """Text of token ids; ids past the tokenizer's vocabulary (GPT-2's padded 50304 rows) are dropped."""
+    return tokenizer.decode([int(i) for i in ids if 0 <= int(i) < tokenizer.vocab_size])
+
+
+# ---------------------------------------------------------------------------- model
+
+def load_sampler(cfg: SampleConfig) -> Sampler:
+    """Seed, pick device and dtype, load the model (checkpoint or GPT-2) and its tokenizer."""
+    torch.manual_seed(cfg.seed)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as e:
+        raise SampleError(str(e)) from None
+    dtype = resolve_dtype(cfg.dtype, device)
+    if device.startswith("cuda"):
+        torch.cuda.manual_seed(cfg.seed)
+        enable_tf32()
+    model, ckpt = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path, device)
+    tokenizer = resolve_tokenizer(ckpt, cfg.init_from, cfg.data_root)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise SampleError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                          f"{model.config.vocab_size}: the checkpoint's dataset meta does not belong to it")
+    if cfg.compile:
+        model = torch.compile(model)  # pays off for long generations; the first call compiles
+    return Sampler(model, tokenizer, device, autocast_context(device, dtype))
+
+
+@torch.no_grad()
+def generate_ids(sampler: Sampler, prompt_ids: list[int], num_samples: int, max_new_tokens: int,
+                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None,
+                 seed: int = 1337, batch_size: int = 16):
+    """num_samples continuations of one prompt, yielded one at a time as token-id lists (prompt included).
+    Rows generate together in batches; row i has its own generator seeded seed + i, so a sample does not
+    depend on num_samples or batch_size."""
+    model, _, device, ctx = sampler
+    for first in range(0, num_samples, batch_size):
+        rows = range(first, min(first + batch_size, num_samples))
+        x = torch.tensor([prompt_ids] * len(rows), dtype=torch.long, device=device)
+        generators = [torch.Generator(device=device).manual_seed(seed + i) for i in rows]
+        with ctx:
+            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               generators=generators)
+        yield from y.tolist()
+
+
+def sample_main(cfg: SampleConfig) -> None:
+    """nanoGPT's sample.py: print num_samples samples of the prompt, each followed by a separator line."""
+    prompt = read_start(cfg.start)  # a missing prompt file fails before the model loads
+    sampler = load_sampler(cfg)
+    prompt_ids = encode_prompt(sampler.tokenizer, prompt)
+    for ids in generate_ids(sampler, prompt_ids, cfg.num_samples, cfg.max_new_tokens, cfg.temperature,
+                            cfg.top_k, cfg.top_p, cfg.seed, cfg.batch_size):
+        print(decode_tokens(sampler.tokenizer, ids))
+        print(SEPARATOR, flush=True)
