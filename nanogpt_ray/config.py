@@ -369,6 +369,13 @@ def coerce(cls, key: str, value):
     elif kind is dict:
         if isinstance(value, dict):
             return value
+    elif kind is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):  # --model_sizes=tiny,mini
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # --learning_rates=1e-3
+            return [value]
     raise ConfigError(f"{key}={value!r} is not a valid {kind.__name__}" + (" (or None)" if optional else ""))
 
 
@@ -460,3 +467,114 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check_init_from(self.init_from, ("resume",))
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    # small shapes that train on a laptop CPU in seconds to minutes
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64),
+    "mini": dict(n_layer=4, n_head=4, n_embd=128),
+    "small": dict(n_layer=6, n_head=6, n_embd=384),  # nanoGPT's shakespeare_char shape
+    # the GPT-2 family (124M, 350M, 774M, 1558M)
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+}
+"""Model sizes a sweep can name: n_layer, n_head and n_embd always move together."""
+
+
+def model_preset(name: str) -> dict[str, int]:
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}{_closest(name, MODEL_PRESETS)}; use one of {', '.join(MODEL_PRESETS)}")
+    return dict(MODEL_PRESETS[name])
+
+
+@dataclass
+class SweepConfig:
+    """A Ray Tune sweep over learning rate and model size; every trial is one Ray Train run."""
+
+    base_config: str = ""
+    """Training config file every trial starts from (e.g. configs/train_shakespeare_char_cpu.py)."""
+    train_overrides: dict = field(default_factory=dict)
+    """TrainConfig keys set for every trial on top of base_config, e.g. {'max_iters': 200}."""
+    learning_rates: list = field(default_factory=list)
+    """learning_rate values to grid-search; empty means log-uniform in [lr_min, lr_max]."""
+    lr_min: float = 0.0
+    """Lower end of the log-uniform learning_rate range (used when learning_rates is empty)."""
+    lr_max: float = 0.0
+    """Upper end of the log-uniform learning_rate range; 0 with no learning_rates keeps the base lr."""
+    model_sizes: list = field(default_factory=list)
+    """Model presets to grid-search (tiny, mini, small, gpt2, gpt2-medium, ...); empty keeps the base shape."""
+    search_space: dict = field(default_factory=dict)
+    """Other TrainConfig keys to grid-search: {'batch_size': [32, 64]}."""
+    num_samples: int = 1
+    """Repeats of the grid (each draws a fresh lr when lr is log-uniform)."""
+    scheduler: str = "asha"
+    """'asha' stops poor trials early on val_loss at eval points; 'none' runs every trial to max_iters."""
+    grace_period: int = 0
+    """Iterations every trial runs before ASHA may stop it; 0 means two eval intervals."""
+    reduction_factor: float = 2.0
+    """ASHA keeps the best 1/reduction_factor of trials at each rung."""
+    max_concurrent_trials: int = 0
+    """Trials running at once; 0 derives it from the cluster's CPUs/GPUs and the resources per trial."""
+    workers_per_trial: int = 1
+    """Ray Train workers (DDP ranks) per trial."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per Train worker; the trial's driver takes 0.01 CPU on top."""
+    gpus_per_worker: float = 0.0
+    """GPUs per Train worker (0 trains on CPU)."""
+    storage_path: str = "sweeps"
+    """Root folder of sweeps; results go to <storage_path>/<sweep_name>/ (shared storage on multi-node)."""
+    sweep_name: str = "sweep"
+    """Name of the sweep; rerunning with --resume continues it."""
+    resume: bool = False
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones carry on from their checkpoints."""
+    scaling_law: bool = False
+    """Fit L(N) = a*N^-alpha + c to the best val loss per model size (needs >= 3 sizes)."""
+    token_budget: int = 0
+    """Tokens each trial trains on (sets max_iters from tokens_per_iter); 0 keeps max_iters."""
+    address: str = ""
+    """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
+
+    def __post_init__(self) -> None:
+        train_keys = config_fields(TrainConfig)
+        for source in ("train_overrides", "search_space"):
+            for key in getattr(self, source):
+                if key not in train_keys:
+                    raise ConfigError(f"{source} names unknown config key {key!r}{_closest(key, train_keys)}")
+        for key, values in self.search_space.items():
+            if key in ("n_layer", "n_head", "n_embd"):
+                raise ConfigError(f"search_space key {key!r}: sweep model shape through model_sizes (presets), not single knobs")
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"search_space[{key!r}] must be a non-empty list of values, got {values!r}")
+        for lr in self.learning_rates:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+                raise ConfigError(f"learning_rates holds {lr!r}; every learning rate must be a number > 0")
+        if not self.learning_rates and (self.lr_min or self.lr_max):
+            if self.lr_min <= 0 or self.lr_max <= 0:
+                raise ConfigError(f"lr range [{self.lr_min}, {self.lr_max}] is empty; set both lr_min and lr_max > 0")
+            if self.lr_min >= self.lr_max:
+                raise ConfigError(f"lr range [{self.lr_min}, {self.lr_max}] is empty; lr_min must be < lr_max")
+        for name in self.model_sizes:
+            model_preset(name)
+        if self.scheduler not in ("asha", "none"):
+            raise ConfigError(f"scheduler={self.scheduler!r}; use 'asha' or 'none'")
+        for key in ("num_samples", "workers_per_trial"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        for key in ("grace_period", "max_concurrent_trials", "token_budget"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
+        if self.reduction_factor <= 1:
+            raise ConfigError(f"reduction_factor={self.reduction_factor} must be > 1")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise ConfigError("cpus_per_worker must be > 0 and gpus_per_worker >= 0")
+        if not self.sweep_name or os.sep in self.sweep_name:
+            raise ConfigError(f"sweep_name={self.sweep_name!r} must be a plain folder name")
+        if self.scaling_law and len(self.model_sizes) < 3:
+            raise ConfigError(f"scaling_law needs >= 3 model_sizes to fit a, alpha and c; got {len(self.model_sizes)}")
+
+    def sweep_dir(self) -> str:
+        return os.path.join(self.storage_path, self.sweep_name)

@@ -1,0 +1,669 @@
+"""Ray Tune sweeps over learning rate and model size: `nanogpt-ray tune configs/sweep_*.py [--key=value]`.
+
+Every trial is one Ray Train run of nanoGPT's loop. Tune starts a tiny driver per trial (0.01 CPU) which
+builds the TorchTrainer exactly as `nanogpt-ray train` does and forwards its reports to Tune with
+`TuneReportCallback`; ASHA stops poor trials early on `val_loss` at eval points.
+
+    <storage_path>/<sweep_name>/
+        results.csv       one row per trial, sorted by best val loss
+        best_config.py    the best trial as a runnable training config file
+        plots/            val loss vs lr per size, learning curves, the scaling-law fit
+        tensorboard/      val and train loss per trial (`tensorboard --logdir ...`)
+        trials/<trial>/   each trial's Ray Train run (checkpoints) and its out_dir
+
+The first half of the file is pure (configs, search spaces, results, fits, plots) and unit-tested without
+Ray; the Ray calls live in `train_driver_fn` and `run_sweep` below the second section rule.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+from .config import (
+    PATH_KEYS,
+    ConfigError,
+    SweepConfig,
+    TrainConfig,
+    coerce,
+    config_fields,
+    field_doc,
+    load_config,
+    model_preset,
+    split_args,
+)
+
+METRIC = "val_loss"
+"""What ASHA and the results table rank trials by (reported by the train loop at eval points)."""
+TIME_ATTR = "iter"
+"""ASHA's clock: training iterations, as reported by the train loop."""
+DRIVER_CPUS = 0.01
+"""CPU reserved for each trial's driver (Tune rejects 0); the Train workers reserve the real CPUs."""
+CSV_COLUMNS = ("rank", "trial", "learning_rate", "model_size", "params", "best_val_loss", "best_iter",
+               "iters_run", "max_iters", "stopped_early", "status", "checkpoint_path")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as asked; one line that says why and what to change."""
+
+
+# ----------------------------------------------------------------------------- trials from the config
+
+def load_sweep(argv: list[str]) -> SweepConfig:
+    files, overrides = split_args(argv)
+    try:
+        sweep = load_config(SweepConfig, files, overrides)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+    if sweep.base_config:
+        sweep = dataclasses.replace(sweep, base_config=os.path.abspath(os.path.expanduser(sweep.base_config)))
+    return sweep
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
+    """cfg with `overrides` coerced to each field's type (paths made absolute), validated again."""
+    fields = config_fields(TrainConfig)
+    values = dataclasses.asdict(cfg)
+    for key, value in overrides.items():
+        if key not in fields:
+            raise SweepError(f"unknown config key {key!r} in the sweep's overrides")
+        value = coerce(TrainConfig, key, value)
+        if key in PATH_KEYS and value:
+            value = os.path.abspath(os.path.expanduser(value))
+        values[key] = value
+    try:
+        return TrainConfig(**values)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+
+
+def base_train_config(sweep: SweepConfig) -> TrainConfig:
+    """The training config every trial starts from: base_config, then train_overrides, then token_budget."""
+    try:
+        cfg = load_config(TrainConfig, [sweep.base_config] if sweep.base_config else [])
+    except ConfigError as e:
+        raise SweepError(f"base_config: {e}") from None
+    cfg = apply_overrides(cfg, sweep.train_overrides)
+    if sweep.token_budget:
+        iters = max(1, sweep.token_budget // cfg.tokens_per_iter())
+        cfg = apply_overrides(cfg, dict(max_iters=iters, lr_decay_iters=iters, warmup_iters=min(cfg.warmup_iters, iters // 10)))
+    return cfg
+
+
+def search_axes(sweep: SweepConfig, base: TrainConfig) -> dict[str, tuple]:
+    """The search space in plain terms: {key: ('grid', values) | ('loguniform', lo, hi)}.
+
+    Every combination is checked against TrainConfig here, so a bad preset or value fails before Ray starts.
+    """
+    axes: dict[str, tuple] = {}
+    if sweep.learning_rates:
+        axes["learning_rate"] = ("grid", [float(lr) for lr in sweep.learning_rates])
+    elif sweep.lr_max:
+        axes["learning_rate"] = ("loguniform", sweep.lr_min, sweep.lr_max)
+    if sweep.model_sizes:
+        axes["model_size"] = ("grid", list(sweep.model_sizes))
+    for key, values in sweep.search_space.items():
+        axes[key] = ("grid", list(values))
+    # validate every grid point now (log-uniform lrs are > 0 by construction)
+    grid_keys = [k for k, axis in axes.items() if axis[0] == "grid"]
+    for point in _grid_points({k: axes[k][1] for k in grid_keys}):
+        try:
+            trial_train_config(base, point)
+        except (ConfigError, SweepError) as e:
+            raise SweepError(f"trial {point} is not a valid training config: {e}") from None
+    return axes
+
+
+def _grid_points(grid: dict[str, list]):
+    points = [{}]
+    for key, values in grid.items():
+        points = [dict(p, **{key: v}) for p in points for v in values]
+    return points
+
+
+def num_trials(axes: dict[str, tuple], num_samples: int) -> int:
+    return num_samples * math.prod(len(axis[1]) for axis in axes.values() if axis[0] == "grid")
+
+
+def trial_train_config(base: TrainConfig, params: dict, **ray_settings) -> TrainConfig:
+    """One trial's training config: the base with the trial's lr, model preset and other keys applied."""
+    overrides = {k: v for k, v in params.items() if k != "model_size"}
+    if params.get("model_size"):
+        overrides.update(model_preset(params["model_size"]))
+    if "learning_rate" in params and base.learning_rate > 0:
+        # keep nanoGPT's min_lr ~ learning_rate / 10 proportion of the base config
+        overrides.setdefault("min_lr", params["learning_rate"] * base.min_lr / base.learning_rate)
+    overrides.update(ray_settings)
+    return apply_overrides(base, overrides)
+
+
+def count_params(n_layer: int, n_embd: int, vocab_size: int, bias: bool = False) -> int:
+    """GPT.get_num_params() without building the model: token embeddings in, position embeddings out."""
+    per_layer = 12 * n_embd * n_embd + 2 * n_embd  # c_attn 3n², c_proj n², c_fc 4n², mlp c_proj 4n², two LN weights
+    if bias:
+        per_layer += 3 * n_embd + n_embd + 4 * n_embd + n_embd + 2 * n_embd
+    return n_layer * per_layer + n_embd * (2 if bias else 1) + vocab_size * n_embd
+
+
+def dataset_vocab_size(cfg: TrainConfig) -> int:
+    """meta.json's vocab_size (what the loop builds the model with), else GPT-2's padded 50304."""
+    from .tokenizer import read_meta
+
+    try:
+        meta = read_meta(cfg.dataset_dir())
+    except Exception:  # an unreadable meta fails the trials themselves, with the loop's message
+        meta = None
+    return int(meta["vocab_size"]) if meta and meta.get("vocab_size") else 50304
+
+
+def trial_concurrency(sweep: SweepConfig, cluster: dict, n_trials: int, use_gpu: bool = False) -> int:
+    """How many trials fit on the cluster at once (driver + workers each); SweepError when not even one does."""
+    cpus_needed = sweep.workers_per_trial * sweep.cpus_per_worker + DRIVER_CPUS
+    cpus = float(cluster.get("CPU", 0))
+    fits = int(cpus / cpus_needed + 1e-9)
+    gpus_per_worker = sweep.gpus_per_worker or (1.0 if use_gpu else 0.0)
+    if gpus_per_worker:
+        gpus_needed = sweep.workers_per_trial * gpus_per_worker
+        gpus = float(cluster.get("GPU", 0))
+        if gpus + 1e-9 < gpus_needed:
+            raise SweepError(f"a trial needs {gpus_needed:g} GPUs ({sweep.workers_per_trial} workers x {gpus_per_worker:g}) "
+                             f"but the cluster holds {gpus:g}; lower workers_per_trial or gpus_per_worker")
+        fits = min(fits, int(gpus / gpus_needed + 1e-9))
+    if fits < 1:
+        raise SweepError(f"a trial needs {cpus_needed:g} CPUs ({sweep.workers_per_trial} workers x {sweep.cpus_per_worker:g} "
+                         f"+ {DRIVER_CPUS} for its driver) but the cluster holds {cpus:g}; "
+                         "lower workers_per_trial or cpus_per_worker")
+    limit = min(fits, max(1, n_trials))
+    if sweep.max_concurrent_trials:
+        limit = min(limit, sweep.max_concurrent_trials)
+    return limit
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class TrialRecord:
+    """What one trial did, read back from Tune: its parameters and every report it made."""
+
+    trial: str
+    params: dict
+    history: list[dict] = field(default_factory=list)
+    """Reported metrics in order (iter, loss, val_loss at eval points, checkpoint_path, ...)."""
+    max_iters: int = 0
+    n_params: int = 0
+    status: str = "done"
+    """'done', or 'error' when the trial failed."""
+
+    def val_points(self) -> list[tuple[int, float]]:
+        return [(int(r[TIME_ATTR]), float(r[METRIC])) for r in self.history
+                if _finite(r.get(METRIC)) and r.get(TIME_ATTR) is not None]
+
+    def best(self) -> tuple[int | None, float | None]:
+        points = self.val_points()
+        if not points:
+            return None, None
+        it, loss = min(points, key=lambda p: p[1])
+        return it, loss
+
+    def iters_run(self) -> int:
+        iters = [int(r[TIME_ATTR]) for r in self.history if r.get(TIME_ATTR) is not None and _finite(r.get(TIME_ATTR))]
+        return max(iters) if iters else 0
+
+    def stopped_early(self) -> bool:
+        return self.status == "done" and self.iters_run() < self.max_iters
+
+    def best_checkpoint(self) -> str:
+        """The checkpoint saved at the best eval, else the latest one that still exists."""
+        best_iter, _ = self.best()
+        paths = [(r.get(TIME_ATTR), r.get("checkpoint_path")) for r in self.history if isinstance(r.get("checkpoint_path"), str)]
+        for it, path in paths:
+            if it == best_iter and os.path.exists(path):
+                return path
+        for _, path in reversed(paths):
+            if os.path.exists(path):
+                return path
+        return ""
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def summarize(records: list[TrialRecord]) -> list[dict]:
+    """One row per trial, best val loss first; trials with no val loss (errors) last."""
+    rows = []
+    for rec in records:
+        best_iter, best_loss = rec.best()
+        rows.append(dict(trial=rec.trial, learning_rate=rec.params.get("learning_rate"),
+                         model_size=rec.params.get("model_size", ""), params=rec.n_params,
+                         best_val_loss=best_loss, best_iter=best_iter, iters_run=rec.iters_run(),
+                         max_iters=rec.max_iters, stopped_early=rec.stopped_early(), status=rec.status,
+                         checkpoint_path=rec.best_checkpoint()))
+    rows.sort(key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] if r["best_val_loss"] is not None else 0.0, r["trial"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("#", "trial", "lr", "size", "params", "best val", "@iter", "iters", "early", "status")
+    lines = [header]
+    for r in rows:
+        lr = r["learning_rate"]
+        loss = r["best_val_loss"]
+        lines.append((str(r["rank"]), r["trial"], f"{lr:.2e}" if lr is not None else "-", r["model_size"] or "-",
+                      _human(r["params"]), f"{loss:.4f}" if loss is not None else "-",
+                      str(r["best_iter"]) if r["best_iter"] is not None else "-", f"{r['iters_run']}/{r['max_iters']}",
+                      "yes" if r["stopped_early"] else "no", r["status"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def write_results_csv(rows: list[dict], path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    return path
+
+
+def read_results_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_best_config(cfg: TrainConfig, path: str, comment: str = "") -> str:
+    """cfg as a training config file (`key = value`), every value that differs from TrainConfig's defaults."""
+    defaults = TrainConfig()
+    lines = ['"""Best trial of a nanogpt-ray sweep. Train it: nanogpt-ray train <this file>"""', ""]
+    if comment:
+        lines += [f"# {line}" for line in comment.splitlines()] + [""]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name in PATH_KEYS and value:
+            value = os.path.abspath(os.path.expanduser(value))  # the file may be run from anywhere
+        elif value == getattr(defaults, f.name):
+            continue
+        doc = field_doc(TrainConfig, f.name)
+        lines.append(f"{f.name} = {value!r}" + (f"  # {doc[:90]}" if doc else ""))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def fit_scaling_law(n_params, losses) -> tuple[float, float, float]:
+    """Least-squares fit of L(N) = a * N^-alpha + c; returns (a, alpha, c). numpy only.
+
+    For a fixed alpha the model is linear in (a, c), so we solve that exactly and search alpha alone:
+    a log-spaced scan, then golden-section refinement around the best scan point.
+    """
+    import numpy as np
+
+    n = np.asarray(n_params, dtype=np.float64)
+    y = np.asarray(losses, dtype=np.float64)
+    if n.shape != y.shape or n.size < 3:
+        raise SweepError(f"a scaling-law fit needs >= 3 (params, loss) points, got {n.size}")
+    if np.any(n <= 0) or not np.all(np.isfinite(y)):
+        raise SweepError("a scaling-law fit needs positive parameter counts and finite losses")
+    n0 = float(np.exp(np.mean(np.log(n))))  # scale N so N^-alpha stays well-conditioned
+
+    def solve(alpha: float):
+        x = (n / n0) ** -alpha
+        design = np.stack([x, np.ones_like(x)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        sse = float(np.sum((design @ coef - y) ** 2))
+        return sse, float(coef[0]), float(coef[1])
+
+    alphas = np.logspace(-4, np.log10(5.0), 400)
+    sses = [solve(a)[0] for a in alphas]
+    i = int(np.argmin(sses))
+    lo, hi = alphas[max(i - 1, 0)], alphas[min(i + 1, len(alphas) - 1)]
+    golden = (math.sqrt(5) - 1) / 2
+    for _ in range(100):
+        m1, m2 = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        if solve(m1)[0] < solve(m2)[0]:
+            hi = m2
+        else:
+            lo = m1
+    alpha = (lo + hi) / 2
+    _, a_scaled, c = solve(alpha)
+    return a_scaled * n0 ** alpha, float(alpha), c
+
+
+def scaling_law(n: float, a: float, alpha: float, c: float) -> float:
+    return a * n ** -alpha + c
+
+
+def best_per_size(rows: list[dict]) -> list[tuple[str, int, float]]:
+    """(size, params, lowest val loss over all lrs) per model size, smallest model first."""
+    best: dict[str, tuple[int, float]] = {}
+    for r in rows:
+        if r["best_val_loss"] is None or not r["model_size"]:
+            continue
+        if r["model_size"] not in best or r["best_val_loss"] < best[r["model_size"]][1]:
+            best[r["model_size"]] = (int(r["params"]), float(r["best_val_loss"]))
+    return sorted(((s, p, l) for s, (p, l) in best.items()), key=lambda t: t[1])
+
+
+# ----------------------------------------------------------------------------- plots and TensorBoard
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lr_sweep(rows: list[dict], path: str) -> str:
+    """Best val loss against learning rate, one line per model size (log x axis)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sizes = sorted({r["model_size"] or "base" for r in rows})
+    for size in sizes:
+        pts = sorted((r["learning_rate"], r["best_val_loss"]) for r in rows
+                     if (r["model_size"] or "base") == size and r["best_val_loss"] is not None and r["learning_rate"])
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=size)
+            early = [(r["learning_rate"], r["best_val_loss"]) for r in rows if (r["model_size"] or "base") == size
+                     and r["stopped_early"] and r["best_val_loss"] is not None and r["learning_rate"]]
+            if early:
+                ax.scatter([p[0] for p in early], [p[1] for p in early], marker="x", color="k", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("best val loss")
+    ax.set_title("val loss vs learning rate (x: stopped early)")
+    ax.legend(title="model size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(records: list[TrialRecord], path: str) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rec in records:
+        pts = rec.val_points()
+        if pts:
+            lr = rec.params.get("learning_rate")
+            label = f"{rec.params.get('model_size', '') or 'base'} lr={lr:.1e}" if lr else rec.trial
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("val loss")
+    ax.set_title("learning curves of all trials")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling_law(points: list[tuple[str, int, float]], fit: tuple[float, float, float], path: str) -> str:
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n = np.array([p[1] for p in points], dtype=float)
+    ax.scatter(n, [p[2] for p in points], zorder=3)
+    for size, params, loss in points:
+        ax.annotate(size, (params, loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    grid = np.logspace(np.log10(n.min()) - 0.3, np.log10(n.max()) + 0.3, 100)
+    a, alpha, c = fit
+    ax.plot(grid, [scaling_law(x, a, alpha, c) for x in grid], label=f"L(N) = {a:.3g}·N^-{alpha:.3f} + {c:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("best val loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_tensorboard(records: list[TrialRecord], log_dir: str) -> str:
+    """One TensorBoard run per trial: val_loss and train loss against training iterations."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for rec in records:
+        run_dir = os.path.join(log_dir, rec.trial)
+        if os.path.isdir(run_dir):  # written by an earlier pass (resume): rewrite, do not duplicate points
+            import shutil
+
+            shutil.rmtree(run_dir)
+        writer = SummaryWriter(run_dir)
+        for r in rec.history:
+            it = r.get(TIME_ATTR)
+            if it is None or not _finite(it):
+                continue
+            for key in (METRIC, "loss", "lr"):
+                if _finite(r.get(key)):
+                    writer.add_scalar(key, float(r[key]), int(it))
+        hparams = {k: v for k, v in rec.params.items() if isinstance(v, (int, float, str, bool))}
+        best = rec.best()[1]
+        if hparams and best is not None:
+            writer.add_hparams(hparams, {"hparam/best_val_loss": best}, run_name=".")
+        writer.close()
+    return log_dir
+
+
+# ============================================================================= Ray below this line
+
+def train_driver_fn(config: dict, base: dict | None = None, settings: dict | None = None) -> None:
+    """One Tune trial: build this trial's TorchTrainer and run it; Train's reports reach Tune through the callback."""
+    from ray import tune  # Ray enters here
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .launch import build_trainer
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_train_config(TrainConfig(**base), config, **_trial_ray_settings(settings, trial_id))
+    # The run name is the trial id, which Tune keeps across restores: a resumed trial resumes its Train run.
+    trainer = build_trainer(cfg, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def _trial_ray_settings(settings: dict, trial_id: str) -> dict:
+    trials_dir = os.path.join(settings["sweep_dir"], "trials")
+    return dict(out_dir=os.path.join(trials_dir, trial_id, "out"), storage_path=trials_dir, run_name=trial_id,
+                num_workers=settings["workers_per_trial"], cpus_per_worker=settings["cpus_per_worker"])
+
+
+def _init_ray(sweep: SweepConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",) if k in os.environ}
+    address = sweep.address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs = dict(runtime_env={"env_vars": env}) if env else {}
+    if address == "local":
+        # the dashboard must run: without it, trials that ASHA stops leak their placement groups
+        kwargs["include_dashboard"] = True
+    ray.init(address=address, **kwargs)
+
+
+def _tune_space(axes: dict[str, tuple]) -> dict:
+    from ray import tune
+
+    space = {}
+    for key, axis in axes.items():
+        space[key] = tune.grid_search(axis[1]) if axis[0] == "grid" else tune.loguniform(axis[1], axis[2])
+    return space
+
+
+@dataclass
+class SweepReport:
+    sweep_dir: str
+    rows: list[dict]
+    records: list[TrialRecord]
+    best_config_path: str = ""
+    best_checkpoint: str = ""
+    results_csv: str = ""
+    plots: list[str] = field(default_factory=list)
+    scaling_fit: tuple | None = None
+
+
+def run_sweep(sweep: SweepConfig) -> SweepReport:
+    """Run (or resume) the sweep on the connected Ray cluster, then write results, best config and plots."""
+    base = base_train_config(sweep)
+    axes = search_axes(sweep, base)
+    scheduler = "none" if sweep.scaling_law else sweep.scheduler
+    if sweep.scaling_law and sweep.scheduler == "asha":
+        print("scaling_law: every size runs the whole token budget, so ASHA is off for this sweep")
+    n_trials = num_trials(axes, sweep.num_samples)
+    sweep_dir = os.path.abspath(sweep.sweep_dir())
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    _init_ray(sweep)
+    concurrency = trial_concurrency(sweep, ray.cluster_resources(), n_trials,
+                                    use_gpu=bool(base.use_gpu) or sweep.gpus_per_worker > 0)
+    print(f"sweep {sweep.sweep_name}: {n_trials} trials, {concurrency} at a time "
+          f"({sweep.workers_per_trial} workers x {sweep.cpus_per_worker:g} CPU each), results in {sweep_dir}")
+    # Train reports val_loss only at eval points; the other reports (train loss, lr) must not fail Tune's check.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+    settings = dict(sweep_dir=sweep_dir, workers_per_trial=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
+    resources = {"cpu": DRIVER_CPUS}
+    trainable = tune.with_resources(tune.with_parameters(train_driver_fn, base=dataclasses.asdict(base), settings=settings),
+                                    resources)
+    if sweep.resume and tune.Tuner.can_restore(sweep_dir):
+        print(f"resuming sweep {sweep_dir}: finished trials are kept, unfinished ones continue")
+        tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if os.path.exists(os.path.join(sweep_dir, "tuner.pkl")) and not sweep.resume:
+            raise SweepError(f"sweep {sweep_dir} already exists; pass --resume=True to continue it, "
+                             "or choose another --sweep_name")
+        sched = None
+        if scheduler == "asha":
+            grace = sweep.grace_period or 2 * base.eval_interval
+            sched = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode="min", max_t=max(base.max_iters, grace),
+                                  grace_period=grace, reduction_factor=sweep.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_tune_space(axes),
+            tune_config=tune.TuneConfig(scheduler=sched, num_samples=sweep.num_samples, max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=os.path.dirname(sweep_dir),
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+        )
+    result_grid = tuner.fit()
+    records = records_from_results(result_grid, base)
+    return write_report(sweep, base, records, sweep_dir)
+
+
+def records_from_results(result_grid, base: TrainConfig) -> list[TrialRecord]:
+    vocab = dataset_vocab_size(base)
+    records = []
+    for result in result_grid:
+        df = result.metrics_dataframe
+        history = [] if df is None else [{k: v for k, v in row.items() if _keep(v)} for row in df.to_dict("records")]
+        params = {k: v for k, v in (result.config or {}).items() if k not in ("base", "settings")}
+        shape = model_preset(params["model_size"]) if params.get("model_size") else dict(n_layer=base.n_layer, n_embd=base.n_embd)
+        trial = (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)
+        records.append(TrialRecord(trial=trial, params=params, history=history,
+                                   max_iters=int(params.get("max_iters", base.max_iters)),
+                                   n_params=count_params(shape["n_layer"], shape["n_embd"], vocab, base.bias),
+                                   status="error" if result.error else "done"))
+    return records
+
+
+def _keep(value) -> bool:
+    if isinstance(value, float):
+        return not math.isnan(value)
+    return value is not None
+
+
+def _trial_id_from_path(path: str) -> str:
+    # Tune names trial dirs <trainable>_<trial id>_<index>_<params>...; the id is two fields: xxxxx_00000
+    parts = os.path.basename(os.path.normpath(path)).split("_")
+    for i in range(len(parts) - 1):
+        if len(parts[i]) == 5 and parts[i + 1].isdigit() and len(parts[i + 1]) == 5:
+            return f"{parts[i]}_{parts[i + 1]}"
+    return os.path.basename(os.path.normpath(path))
+
+
+def write_report(sweep: SweepConfig, base: TrainConfig, records: list[TrialRecord], sweep_dir: str) -> SweepReport:
+    rows = summarize(records)
+    report = SweepReport(sweep_dir=sweep_dir, rows=rows, records=records)
+    print(format_table(rows))
+    report.results_csv = write_results_csv(rows, os.path.join(sweep_dir, "results.csv"))
+    if rows and rows[0]["best_val_loss"] is not None:
+        best = rows[0]
+        rec = next(r for r in records if r.trial == best["trial"])
+        # a fresh out_dir and run name: training the best config must not resume the trial's finished run
+        cfg = trial_train_config(base, rec.params, out_dir=os.path.join(sweep_dir, "best_run"), storage_path="", run_name="")
+        report.best_config_path = write_best_config(
+            cfg, os.path.join(sweep_dir, "best_config.py"),
+            comment=f"sweep {sweep.sweep_name}, trial {best['trial']}: best val loss {best['best_val_loss']:.4f} "
+                    f"at iter {best['best_iter']}\ncheckpoint: {best['checkpoint_path'] or '(none kept)'}")
+        report.best_checkpoint = best["checkpoint_path"]
+        print(f"best trial {best['trial']}: val loss {best['best_val_loss']:.4f} (lr {best['learning_rate']}, "
+              f"size {best['model_size'] or 'base'})")
+        print(f"best config: {report.best_config_path}   (train it: nanogpt-ray train {report.best_config_path})")
+        print(f"best checkpoint: {report.best_checkpoint or '(none kept)'}")
+    plots_dir = os.path.join(sweep_dir, "plots")
+    os.makedirs(plots_dir, exist_ok=True)
+    report.plots = [plot_lr_sweep(rows, os.path.join(plots_dir, "val_loss_vs_lr.png")),
+                    plot_learning_curves(records, os.path.join(plots_dir, "learning_curves.png"))]
+    if sweep.scaling_law:
+        points = best_per_size(rows)
+        if len(points) < 3:
+            print(f"scaling law: only {len(points)} sizes have a val loss; need 3 to fit")
+        else:
+            report.scaling_fit = fit_scaling_law([p[1] for p in points], [p[2] for p in points])
+            a, alpha, c = report.scaling_fit
+            print(f"scaling law: L(N) = {a:.4g} * N^-{alpha:.4f} + {c:.4f}   (fit to {len(points)} sizes, "
+                  f"{sweep.token_budget or base.tokens_per_iter() * base.max_iters} tokens each)")
+            for size, n, loss in points:
+                print(f"  {size:12s} N={_human(n):>8s}  best val {loss:.4f}  fit {scaling_law(n, a, alpha, c):.4f}")
+            report.plots.append(plot_scaling_law(points, report.scaling_fit, os.path.join(plots_dir, "scaling_law.png")))
+    tb_dir = write_tensorboard(records, os.path.join(sweep_dir, "tensorboard"))
+    print(f"results: {report.results_csv}\nplots: {plots_dir}\ntensorboard: tensorboard --logdir {tb_dir}")
+    return report
+
+
+def format_help() -> str:
+    lines = ["usage: nanogpt-ray tune [sweep config files] [--key=value ...]", "",
+             "Sweep learning rate and model size with Ray Tune (ASHA early stopping); each trial is a Ray Train run.",
+             "", "keys (default: meaning):"]
+    for f in dataclasses.fields(SweepConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        doc = field_doc(SweepConfig, f.name)
+        lines.append(f"  --{f.name}={default!r}" + (f"  {doc}" if doc else ""))
+    from .config import MODEL_PRESETS
+
+    lines += ["", "model presets: " + ", ".join(f"{k} ({v['n_layer']}/{v['n_head']}/{v['n_embd']})" for k, v in MODEL_PRESETS.items())]
+    return "\n".join(lines)
+
+
+def tune_main(argv: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(format_help())
+        return 0
+    report = run_sweep(load_sweep(argv))
+    return 0 if report.rows and report.rows[0]["best_val_loss"] is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(tune_main(sys.argv[1:]))
