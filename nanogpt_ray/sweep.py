@@ -136,7 +136,7 @@ def trial_train_config(base: TrainConfig, params: dict, **ray_settings) -> Train
         overrides.update(model_preset(params["model_size"]))
     if "learning_rate" in params and base.learning_rate > 0:
         # keep nanoGPT's min_lr ~ learning_rate / 10 proportion of the base config
-        overrides.setdefault("min_lr", params["learning_rate"] * base.min_lr / base.learning_rate)
+        overrides.setdefault("min_lr", float(f"{params['learning_rate'] * base.min_lr / base.learning_rate:.6g}"))
     overrides.update(ray_settings)
     return apply_overrides(base, overrides)
 
@@ -300,8 +300,8 @@ def write_best_config(cfg: TrainConfig, path: str, comment: str = "") -> str:
             value = os.path.abspath(os.path.expanduser(value))  # the file may be run from anywhere
         elif value == getattr(defaults, f.name):
             continue
-        doc = field_doc(TrainConfig, f.name)
-        lines.append(f"{f.name} = {value!r}" + (f"  # {doc[:90]}" if doc else ""))
+        doc = field_doc(TrainConfig, f.name).split(". ")[0].rstrip(".")
+        lines.append(f"{f.name} = {value!r}" + (f"  # {doc}" if doc else ""))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -476,8 +476,9 @@ def train_driver_fn(config: dict, base: dict | None = None, settings: dict | Non
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_train_config(TrainConfig(**base), config, **_trial_ray_settings(settings, trial_id))
-    # The run name is the trial id, which Tune keeps across restores: a resumed trial resumes its Train run.
-    trainer = build_trainer(cfg, callbacks=[TuneReportCallback()])
+    # The run name is the trial id, which Tune keeps across restores: a resumed trial resumes its Train run
+    # (and a trial that had finished its run resumes at the end and trains zero iterations).
+    trainer = build_trainer(cfg, settings["use_gpu"], callbacks=[TuneReportCallback()])  # [ray] Train -> Tune
     trainer.fit()
 
 
@@ -492,7 +493,11 @@ def _init_ray(sweep: SweepConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",) if k in os.environ}
+    from .launch import DEFAULT_HEALTH_CHECK_INTERVAL_S, WORKER_ENV_VARS
+
+    # each trial's driver runs in a Tune actor: what its Train controller and workers read must travel with the job
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
+    env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", *WORKER_ENV_VARS) if k in os.environ}
     address = sweep.address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = dict(runtime_env={"env_vars": env}) if env else {}
     if address == "local":
@@ -536,15 +541,21 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from .launch import check_cluster, check_dataset, resolve_use_gpu
+
+    check_dataset(base)  # a missing dataset fails here in one line, not in every trial
     _init_ray(sweep)
-    concurrency = trial_concurrency(sweep, ray.cluster_resources(), n_trials,
-                                    use_gpu=bool(base.use_gpu) or sweep.gpus_per_worker > 0)
+    first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
+    use_gpu = resolve_use_gpu(first_trial, ray.cluster_resources().get("GPU", 0))
+    concurrency = trial_concurrency(sweep, ray.cluster_resources(), n_trials, use_gpu=use_gpu)
+    check_cluster(first_trial)  # the workers of one trial fit on the nodes as they are split up
     print(f"sweep {sweep.sweep_name}: {n_trials} trials, {concurrency} at a time "
           f"({sweep.workers_per_trial} workers x {sweep.cpus_per_worker:g} CPU each), results in {sweep_dir}")
     # Train reports val_loss only at eval points; the other reports (train loss, lr) must not fail Tune's check.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
-    settings = dict(sweep_dir=sweep_dir, workers_per_trial=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
+    settings = dict(sweep_dir=sweep_dir, workers_per_trial=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
+                    use_gpu=use_gpu)
     resources = {"cpu": DRIVER_CPUS}
     trainable = tune.with_resources(tune.with_parameters(train_driver_fn, base=dataclasses.asdict(base), settings=settings),
                                     resources)
