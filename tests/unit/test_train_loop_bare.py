@@ -1,0 +1,60 @@
+"""The training loop without Ray: the same function the Ray workers run, in this process."""
+
+import pytest
+import torch
+
+from nanogpt_ray.checkpoint import CKPT_NAME
+from nanogpt_ray.config import TrainConfig, from_dict
+from nanogpt_ray.train_loop import get_lr, run_bare
+from tests.train_data import make_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root)
+    return root
+
+
+def _run(data_root, out_dir, **overrides):
+    return run_bare(from_dict(TrainConfig, tiny_config(data_root, out_dir, **overrides)))
+
+
+@pytest.mark.timeout(120)
+def test_bare_loop_lowers_loss_and_writes_a_weights_only_checkpoint(data_root, tmp_path):
+    reporter = _run(data_root, tmp_path / "out", max_iters=30)
+    val = [h["val_loss"] for h in reporter.history if "val_loss" in h]
+    assert len(val) == 4 and val[-1] < val[0] - 0.5
+    assert [h["iter"] for h in reporter.history if "loss" in h] == [5, 15, 25]  # eval iterations report val instead
+    ckpt = torch.load(tmp_path / "out" / CKPT_NAME, weights_only=True)
+    assert ckpt["iter_num"] == 30 and ckpt["model_args"]["vocab_size"] == 65
+    assert set(ckpt) >= {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "resume"}
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    assert len(ckpt["resume"]["data_rng"]) == 2  # one stream per global micro-step
+
+
+@pytest.mark.timeout(120)
+def test_bare_resume_continues_exactly(data_root, tmp_path):
+    _run(data_root, tmp_path / "full", max_iters=20)
+    _run(data_root, tmp_path / "half", max_iters=10)
+    _run(data_root, tmp_path / "half", max_iters=20, init_from="resume")
+    full = torch.load(tmp_path / "full" / CKPT_NAME, weights_only=True)
+    resumed = torch.load(tmp_path / "half" / CKPT_NAME, weights_only=True)
+    assert resumed["iter_num"] == 20
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+@pytest.mark.timeout(60)
+def test_eval_only_reports_once_and_saves_nothing(data_root, tmp_path):
+    reporter = _run(data_root, tmp_path / "out", eval_only=True)
+    assert len(reporter.history) == 1 and "val_loss" in reporter.history[0]
+    assert not (tmp_path / "out" / CKPT_NAME).exists()
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=100)
+    assert get_lr(0, cfg) < get_lr(9, cfg) < 1.0
+    assert get_lr(10, cfg) == pytest.approx(1.0)
+    assert get_lr(55, cfg) == pytest.approx(0.55)
+    assert get_lr(100, cfg) == pytest.approx(0.1) and get_lr(500, cfg) == 0.1
