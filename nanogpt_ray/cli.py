@@ -72,9 +72,10 @@ def cmd_train(argv: list[str]) -> int:
     if wants_help(argv):
         print(format_help(TrainConfig, "train", "Train a GPT with nanoGPT's loop under Ray Train (TorchTrainer + DDP)."))
         return 0
+    cfg = load(TrainConfig, argv)  # before importing Ray, so a typo is reported at once
     from .launch import train
 
-    train(load(TrainConfig, argv))
+    train(cfg)
     return 0
 
 
