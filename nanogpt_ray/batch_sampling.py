@@ -1,0 +1,441 @@
+"""Batch sampling without Ray: prompt files in, keyed result rows out. Pure: torch, tokenizer, stdlib
+(pyarrow only where a .parquet file is read or written).
+
+The pieces actors.py wires into Ray, each usable (and tested) on its own:
+
+    records = read_prompts("prompts.jsonl")              # {'id', 'prompt', optional per-row settings}
+    rows = expand_rows(records, cfg)                     # one SampleRow per prompt and sample index
+    for batch in plan_batches(rows, batch_size=16):      # same settings, similar lengths, deterministic
+        results = generate_batch(model, tokenizer, batch, block_size)  # validates, tokenizes, generates
+
+Why a row's completion never depends on where it runs: row (seed s, sample j) draws from its own
+torch.Generator seeded s + j (s derived from the global seed and the id when the row has none), and
+prompts of different lengths are left-padded so each row attends only to its own tokens. Batches are
+planned from the input order alone, so 1 actor or 10, a retry or not, every row sees the same batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+
+# The settings a jsonl/parquet row may override; anything else in a row is ignored.
+ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+OUTPUT_COLUMNS = ("id", "sample", "prompt", "completion", "tokens", "max_new_tokens", "temperature", "top_k",
+                  "top_p", "seed", "error")
+PROMPT_FORMATS = (".jsonl", ".parquet", ".txt")
+OUTPUT_FORMATS = (".jsonl", ".parquet")
+SEED_MODULUS = 2**63  # torch.Generator seeds are 64-bit; stay positive in int64 columns too
+
+
+class BatchSampleError(ValueError):
+    """A prompt file or setting a person has to fix; one line."""
+
+
+# ---------------------------------------------------------------------------- rows
+
+@dataclass
+class SampleRow:
+    """One prompt and sample index to generate, with the settings it uses."""
+
+    id: object
+    sample: int
+    prompt: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int  # the row's seed; the generator is seeded generator_seed(seed, sample)
+    error: str | None = None  # set when the row is invalid as given (bad settings)
+    token_ids: list[int] = field(default_factory=list)  # filled by tokenize_rows
+
+    def key(self):
+        return (self.id, self.sample)
+
+    def settings(self):
+        """Rows batch together only when these agree (generate takes them per batch)."""
+        return (self.max_new_tokens, self.temperature, self.top_k, self.top_p)
+
+
+def derive_seed(global_seed: int, row_id) -> int:
+    """A row's seed when it gives none: a hash of (global seed, id), the same in every process
+    (Python's hash() of a str is salted per process, so it cannot be used)."""
+    digest = hashlib.sha256(f"{global_seed}:{json.dumps(row_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % SEED_MODULUS
+
+
+def generator_seed(seed: int, sample: int) -> int:
+    """Seed of sample j of a row with seed s: s + j, as `nanogpt-ray sample --seed=s` numbers its samples."""
+    return (int(seed) + int(sample)) % SEED_MODULUS
+
+
+def _setting(record: dict, key: str, default):
+    value = record.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    return value
+
+
+def _check_settings(max_new_tokens, temperature, top_k, top_p, seed) -> str | None:
+    """Why a row's settings cannot be used, or None."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, float)) \
+            or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+        return f"max_new_tokens={max_new_tokens!r} must be an integer >= 1"
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        return f"temperature={temperature!r} must be a number > 0"
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, float))
+                              or int(top_k) != top_k or top_k < 1):
+        return f"top_k={top_k!r} must be an integer >= 1 or null"
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        return f"top_p={top_p!r} must be in (0, 1] or null"
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or int(seed) != seed:
+        return f"seed={seed!r} must be an integer"
+    return None
+
+
+def expand_rows(records: Iterable[dict], cfg, num_samples: int | None = None) -> Iterator[SampleRow]:
+    """One SampleRow per record and sample index 0..num_samples-1. Settings missing from a record come
+    from cfg (a SampleConfig or anything with the same attributes). Bad settings become the row's error."""
+    num_samples = cfg.num_samples if num_samples is None else num_samples
+    for record in records:
+        row_id = record["id"]
+        prompt = record.get("prompt")
+        settings = {key: _setting(record, key, getattr(cfg, key)) for key in ROW_SETTINGS}
+        has_seed = _setting(record, "seed", None) is not None
+        error = _check_settings(**settings)
+        if prompt is not None and not isinstance(prompt, str):
+            error = error or f"prompt must be a string, not {type(prompt).__name__}"
+        if error is None:
+            seed = int(settings["seed"]) if has_seed else derive_seed(cfg.seed, row_id)
+            top_k = None if settings["top_k"] is None else int(settings["top_k"])
+            top_p = None if settings["top_p"] is None else float(settings["top_p"])
+            row_settings = (int(settings["max_new_tokens"]), float(settings["temperature"]), top_k, top_p, seed)
+        else:  # keep what was given (rows_to_table drops what does not fit a column)
+            row_settings = tuple(settings[k] for k in ROW_SETTINGS)
+        for sample in range(num_samples):
+            text = prompt if isinstance(prompt, str) else ("" if prompt is None else str(prompt))
+            yield SampleRow(row_id, sample, text, *row_settings, error=error)
+
+
+# ---------------------------------------------------------------------------- validation and tokens
+
+def prompt_error_and_ids(tokenizer, prompt: str, block_size: int, truncate: bool) -> tuple[str | None, list[int]]:
+    """(error, token ids) of one prompt: empty prompts, characters outside a char vocab, and prompts longer
+    than block_size (unless truncate keeps their last block_size tokens) are errors."""
+    if prompt == "":
+        return "empty prompt", []
+    unknown = tokenizer.unknown_chars(prompt)
+    if unknown:
+        shown = ", ".join(repr(ch) for ch in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
+        return (f"{len(unknown)} character(s) outside the model's {tokenizer.vocab_size}-character vocabulary: "
+                f"{shown}"), []
+    ids = tokenizer.encode(prompt)
+    if len(ids) > block_size:
+        if not truncate:
+            return (f"prompt is {len(ids)} tokens, longer than the model's block_size={block_size}; "
+                    "shorten it or pass --truncate=True to keep its last block_size tokens"), []
+        ids = ids[-block_size:]
+    return None, ids
+
+
+def tokenize_rows(rows: Iterable[SampleRow], tokenizer, block_size: int, truncate: bool) -> list[SampleRow]:
+    """Fill token_ids of every row, or its error; the prompt of several samples is encoded once."""
+    out, cache = [], {}
+    for row in rows:
+        if row.error is None:
+            if row.prompt not in cache:
+                cache[row.prompt] = prompt_error_and_ids(tokenizer, row.prompt, block_size, truncate)
+            row.error, ids = cache[row.prompt]
+            row.token_ids = list(ids)
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------- batches
+
+def plan_batches(rows: Iterable[SampleRow], batch_size: int, window: int | None = None) -> Iterator[list[SampleRow]]:
+    """Batches of up to batch_size rows. Rows are read in windows (default 32 batches' worth); inside a
+    window they are grouped by settings and sorted by prompt length (in characters: planning needs no
+    tokenizer, so the driver can do it), so a batch pads little. Rows that carry an error come out as batches of their own (nothing to generate). Deterministic: the batches
+    depend only on the order of the rows, never on actors or timing."""
+    window = window or batch_size * 32
+    chunk: list[SampleRow] = []
+
+    def flush(chunk):
+        bad = [r for r in chunk if r.error is not None]
+        good = [r for r in chunk if r.error is None]
+        groups: dict = {}
+        for r in good:
+            groups.setdefault(r.settings(), []).append(r)
+        for group in groups.values():
+            group.sort(key=lambda r: len(r.prompt))  # characters, known before tokenizing; stable sort
+            for i in range(0, len(group), batch_size):
+                yield group[i:i + batch_size]
+        for i in range(0, len(bad), batch_size):
+            yield bad[i:i + batch_size]
+
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= window:
+            yield from flush(chunk)
+            chunk = []
+    if chunk:
+        yield from flush(chunk)
+
+
+def left_pad(token_lists: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """(B, T) tensor of rows left-padded to the longest, and each row's length."""
+    lengths = [len(ids) for ids in token_lists]
+    width = max(lengths)
+    x = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    for i, ids in enumerate(token_lists):
+        x[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+    return x, lengths
+
+
+def result_row(row: SampleRow, completion: str | None = None, tokens: int = 0, error: str | None = None) -> dict:
+    return {"id": row.id, "sample": row.sample, "prompt": row.prompt, "completion": completion, "tokens": tokens,
+            "max_new_tokens": row.max_new_tokens, "temperature": row.temperature, "top_k": row.top_k,
+            "top_p": row.top_p, "seed": row.seed, "error": error if error is not None else row.error}
+
+
+def decode(tokenizer, ids) -> str:
+    """Text of token ids; ids past the tokenizer's vocabulary (GPT-2's padded 50304 rows) are dropped."""
+    return tokenizer.decode([int(i) for i in ids if 0 <= int(i) < tokenizer.vocab_size])
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, truncate: bool = False,
+                   device="cpu", ctx=None) -> list[dict]:
+    """Result rows of one planned batch, in its order: each row is validated and tokenized (tokenize_rows),
+    rows with an error pass through with it, the others generate together."""
+    batch = tokenize_rows(batch, tokenizer, block_size, truncate)
+    good = [r for r in batch if r.error is None]
+    results = {r.key(): result_row(r) for r in batch if r.error is not None}
+    if good:
+        max_new_tokens, temperature, top_k, top_p = good[0].settings()
+        assert all(r.settings() == good[0].settings() for r in good), "a batch mixes settings; use plan_batches"
+        x, lengths = left_pad([r.token_ids for r in good])
+        x = x.to(device)
+        generators = [torch.Generator(device=device).manual_seed(generator_seed(r.seed, r.sample)) for r in good]
+        padded = len(set(lengths)) > 1
+        if ctx is None:
+            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               prompt_lengths=lengths if padded else None, generators=generators)
+        else:
+            with ctx:
+                y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   prompt_lengths=lengths if padded else None, generators=generators)
+        new = y[:, x.size(1):].tolist()
+        for r, ids in zip(good, new):
+            results[r.key()] = result_row(r, decode(tokenizer, ids), len(ids))
+    return [results[r.key()] for r in batch]
+
+
+def sample_rows(model, tokenizer, rows: Iterable[SampleRow], block_size: int, batch_size: int = 16,
+                truncate: bool = False, device="cpu", ctx=None) -> Iterator[dict]:
+    """Everything in one process (the reference the Ray paths must match): batch, validate, generate."""
+    for batch in plan_batches(rows, batch_size):
+        yield from generate_batch(model, tokenizer, batch, block_size, truncate, device, ctx)
+
+
+# ---------------------------------------------------------------------------- prompt files
+
+def _check_format(path: str, formats, what: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        raise BatchSampleError(f"{what} {path!r} must end in {', '.join(formats)}")
+    return ext
+
+
+def read_prompts(path: str) -> Iterator[dict]:
+    """Records {'id', 'prompt', settings...} of a prompt file. .txt: one prompt a line, id = line number
+    (from 1). .jsonl: one object a line with 'prompt' and optional 'id' (default: line number) and settings.
+    .parquet: a 'prompt' column, optional 'id' (default: row number from 1) and setting columns."""
+    ext = _check_format(path, PROMPT_FORMATS, "prompts file")
+    if not os.path.isfile(path):
+        raise BatchSampleError(f"prompts file {path!r} does not exist")
+    if ext == ".txt":
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                yield {"id": number, "prompt": line[:-1] if line.endswith("\n") else line}
+    elif ext == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BatchSampleError(f"{path}:{number} is not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise BatchSampleError(f"{path}:{number} must be a JSON object with a 'prompt'")
+                if "prompt" not in record:
+                    raise BatchSampleError(f"{path}:{number} has no 'prompt' key")
+                record.setdefault("id", number)
+                yield record
+    else:
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        if "prompt" not in parquet.schema_arrow.names:
+            raise BatchSampleError(f"{path} has no 'prompt' column (columns: {', '.join(parquet.schema_arrow.names)})")
+        columns = [c for c in ("id", "prompt", *ROW_SETTINGS) if c in parquet.schema_arrow.names]
+        number = 0
+        for batch in parquet.iter_batches(batch_size=4096, columns=columns):
+            for record in batch.to_pylist():
+                number += 1
+                if record.get("id") is None:
+                    record["id"] = number
+                yield record
+
+
+def unique_ids(records: Iterable[dict]) -> Iterator[dict]:
+    """Pass records through, failing on an id seen before (outputs are keyed by id)."""
+    seen = set()
+    for record in records:
+        key = json.dumps(record["id"])
+        if key in seen:
+            raise BatchSampleError(f"id {record['id']!r} appears twice in the prompts; ids must be unique")
+        seen.add(key)
+        yield record
+
+
+def id_key(row_id) -> str:
+    """A hashable, type-exact key of an id (1 and '1' differ), for resume bookkeeping."""
+    return json.dumps(row_id)
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def partial_path(output: str) -> str:
+    """Where a .parquet output streams to until the run ends (then it is converted, atomically)."""
+    return output + ".partial.jsonl"
+
+
+def _read_jsonl_rows(path: str, repair: bool = False) -> list[dict]:
+    """Rows of a jsonl file; with repair, a last line cut off by a kill is dropped from the file."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    if repair and data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    rows = []
+    for line in data.decode("utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn line: its row will be generated again
+    return rows
+
+
+def read_results(output: str) -> list[dict]:
+    """Every result row written so far to an output (.jsonl, or .parquet plus its partial file)."""
+    ext = _check_format(output, OUTPUT_FORMATS, "output")
+    if ext == ".jsonl":
+        return _read_jsonl_rows(output)
+    rows = []
+    if os.path.exists(output):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(output).to_pylist()
+    return rows + _read_jsonl_rows(partial_path(output))
+
+
+def done_keys(output: str) -> set:
+    """(id key, sample) of rows already in an output: what --resume skips."""
+    return {(id_key(r["id"]), int(r["sample"])) for r in read_results(output)}
+
+
+def output_schema(rows: list[dict], int_ids: bool | None = None):
+    """pyarrow schema of the output columns; id is int64 when every id is an integer, else string."""
+    import pyarrow as pa
+
+    if int_ids is None:
+        int_ids = all(isinstance(r["id"], int) and not isinstance(r["id"], bool) for r in rows)
+    return pa.schema([
+        ("id", pa.int64() if int_ids else pa.string()), ("sample", pa.int64()), ("prompt", pa.string()),
+        ("completion", pa.string()), ("tokens", pa.int64()), ("max_new_tokens", pa.int64()),
+        ("temperature", pa.float64()), ("top_k", pa.int64()), ("top_p", pa.float64()), ("seed", pa.int64()),
+        ("error", pa.string()),
+    ])
+
+
+def rows_to_table(rows: list[dict], schema=None):
+    import pyarrow as pa
+
+    schema = schema or output_schema(rows)
+    if pa.types.is_string(schema.field("id").type):
+        rows = [{**r, "id": r["id"] if isinstance(r["id"], str) else json.dumps(r["id"])} for r in rows]
+    clean = []
+    for r in rows:  # settings of an error row may be whatever the input had; keep only what fits
+        c = {k: r.get(k) for k in OUTPUT_COLUMNS}
+        for k in ("max_new_tokens", "top_k", "seed", "tokens"):
+            if c[k] is not None and not (isinstance(c[k], int) and not isinstance(c[k], bool)):
+                c[k] = int(c[k]) if isinstance(c[k], float) and c[k] == int(c[k]) else None
+        for k in ("temperature", "top_p"):
+            if c[k] is not None and (isinstance(c[k], bool) or not isinstance(c[k], (int, float))):
+                c[k] = None
+        clean.append(c)
+    return pa.Table.from_pylist(clean, schema=schema)
+
+
+class ResultWriter:
+    """Streams result rows to an output as batches finish. .jsonl: appended and flushed per batch.
+    .parquet: appended to <output>.partial.jsonl, and on close() merged with the rows already in the
+    parquet file (resume) into a new file renamed over it, so the parquet is never half-written.
+    Without resume an existing output is replaced; with resume its rows are kept."""
+
+    def __init__(self, output: str, resume: bool = False):
+        self.output = output
+        self.ext = _check_format(output, OUTPUT_FORMATS, "output")
+        self.stream_path = output if self.ext == ".jsonl" else partial_path(output)
+        directory = os.path.dirname(os.path.abspath(output))
+        os.makedirs(directory, exist_ok=True)
+        if resume:
+            _read_jsonl_rows(self.stream_path, repair=True)  # drop a torn last line before appending
+        else:
+            for path in (self.stream_path, output):
+                if os.path.exists(path):
+                    os.unlink(path)
+        self.resume = resume
+        self.file = open(self.stream_path, "a", encoding="utf-8")
+        self.rows_written = 0
+
+    def write(self, rows: list[dict]) -> None:
+        self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self.file.flush()
+        self.rows_written += len(rows)
+
+    def close(self) -> None:
+        if self.file.closed:
+            return
+        self.file.close()
+        if self.ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = read_results(self.output)  # earlier parquet rows (resume) + this run's stream
+            tmp = self.output + ".tmp"
+            pq.write_table(rows_to_table(rows), tmp)
+            os.replace(tmp, self.output)
+            os.unlink(self.stream_path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.close()
+        else:
+            self.file.close()  # keep the stream: --resume picks it up
