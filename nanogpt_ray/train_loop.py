@@ -376,7 +376,8 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
     def report(metrics: dict, with_checkpoint: bool) -> None:
         """Every rank calls this at the same iterations; rank 0 attaches the checkpoint when asked."""
         metrics = dict(metrics, iter=iter_num, resumed_from=resumed_from, node_id=reporter.node_id(),
-                       node_ids=node_ids, world_size=world_size)
+                       node_ids=node_ids, world_size=world_size,
+                       nan_rollbacks=nan_rollbacks)
         if not with_checkpoint:
             reporter.report(metrics)
             return

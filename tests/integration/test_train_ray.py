@@ -1,0 +1,228 @@
+"""nanoGPT's loop under Ray Train on a real 2-CPU local cluster (gloo, CPU, fp32)."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from nanogpt_ray import cli
+from nanogpt_ray.checkpoint import CKPT_NAME
+from nanogpt_ray.config import TrainConfig, from_dict
+from nanogpt_ray.launch import LaunchError, train
+from nanogpt_ray.train_loop import INJECT_NAN_ENV, run_bare
+from tests.train_data import make_dataset, tiny_config
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root)
+    return root
+
+
+def _cfg(data_root, out_dir, **overrides) -> TrainConfig:
+    return from_dict(TrainConfig, tiny_config(data_root, out_dir, **overrides))
+
+
+def _weights(out_dir) -> dict:
+    return torch.load(os.path.join(out_dir, CKPT_NAME), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_start_2_cpus, data_root, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp") / "out"
+    result = train(_cfg(data_root, out_dir, num_workers=2, max_iters=30, wandb_log=True, wandb_project="nanogpt-test"))
+    return result, out_dir
+
+
+@pytest.mark.timeout(180)
+def test_two_worker_ddp_training_lowers_loss_and_checkpoint_loads_weights_only(two_worker_run):
+    result, out_dir = two_worker_run
+    assert result.metrics["iter"] == 30 and result.metrics["world_size"] == 2
+    ckpt = _weights(out_dir)  # torch.load(weights_only=True): no pickled objects in it
+    assert ckpt["iter_num"] == 30
+    assert result.metrics["val_loss"] < 3.0 < 4.1  # starts at ln(65) ~ 4.17
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    ray_ckpt = torch.load(os.path.join(result.checkpoint.path, CKPT_NAME), weights_only=True)
+    for key, value in ckpt["model"].items():  # out_dir/ckpt.pt is the run's latest Ray checkpoint
+        assert torch.equal(value, ray_ckpt["model"][key])
+    assert len(ckpt["resume"]["torch_rng"]) == 2  # every rank's RNG state
+
+
+@pytest.mark.timeout(60)
+def test_wandb_offline_files_hold_logged_metrics(two_worker_run):
+    result, out_dir = two_worker_run
+    ckpt = _weights(out_dir)
+    run_id = ckpt["resume"]["wandb_run_id"]
+    runs = [d for d in (out_dir / "wandb").iterdir() if d.name.startswith("offline-run-") and d.name.endswith(run_id)]
+    assert len(runs) == 1, "rank 0 only: exactly one offline run"
+    summary = (runs[0] / "files" / "wandb-summary.json")
+    data = (runs[0] / f"run-{run_id}.wandb").read_bytes()
+    assert b"val/loss" in data and b"train/step_loss" in data and b"tokens_per_s" in data
+    if summary.exists():
+        assert "val/loss" in summary.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_two_workers_match_one_worker_with_accumulation(ray_start_2_cpus, data_root, tmp_path):
+    # global accumulation 2: split 1 + 1 over two Ray workers, or 2 micro-steps on one worker (run bare)
+    common = dict(gradient_accumulation_steps=2, max_iters=1, eval_iters=1, warmup_iters=0)
+    train(_cfg(data_root, tmp_path / "two", num_workers=2, **common))
+    run_bare(_cfg(data_root, tmp_path / "one", num_workers=1, **common))
+    two, one = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    assert two["iter_num"] == one["iter_num"] == 1
+    init = _weights_at_init(data_root, tmp_path)
+    moved = max((one["model"][k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-4  # the step really changed the weights
+    for key, value in one["model"].items():
+        assert (value - two["model"][key]).abs().max().item() <= 1e-6, key
+
+
+def _weights_at_init(data_root, tmp_path):
+    from nanogpt_ray.model import GPT, GPTConfig
+
+    torch.manual_seed(1337)
+    cfg = _cfg(data_root, tmp_path / "init")
+    return GPT(GPTConfig(**cfg.model_args(), vocab_size=65)).state_dict()
+
+
+# ---------------------------------------------------------------------------- exact resume and NaN rollback
+
+RESUME = dict(num_workers=2, gradient_accumulation_steps=2, eval_interval=5, log_interval=5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_start_2_cpus, data_root, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("full") / "out"
+    train(_cfg(data_root, out_dir, max_iters=20, **RESUME))
+    return _weights(out_dir)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["iter_num"] == b["iter_num"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
+
+
+@pytest.mark.timeout(180)
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, data_root, tmp_path):
+    out_dir = tmp_path / "out"
+    train(_cfg(data_root, out_dir, max_iters=10, **RESUME))
+    assert _weights(out_dir)["iter_num"] == 10
+    result = train(_cfg(data_root, out_dir, max_iters=20, init_from="resume", **RESUME))
+    assert result.metrics["resumed_from"] == 10
+    _assert_same_state(_weights(out_dir), uninterrupted)
+
+
+@pytest.mark.timeout(180)
+def test_nan_loss_rolls_back_to_the_last_checkpoint_and_replays(uninterrupted, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(INJECT_NAN_ENV, "12")  # rank 0's loss is NaN the first time iteration 12 runs
+    result = train(_cfg(data_root, tmp_path / "out", max_iters=20, **RESUME))
+    assert result.metrics["nan_rollbacks"] == 1
+    # rolled back to iteration 10 with its RNG streams, so the replay is the uninterrupted run exactly
+    _assert_same_state(_weights(tmp_path / "out"), uninterrupted)
+
+
+@pytest.mark.timeout(120)
+def test_nan_loss_that_persists_fails_naming_the_iteration(ray_start_2_cpus, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(INJECT_NAN_ENV, "3:5")
+    with pytest.raises(LaunchError, match=r"loss is nan at iteration 3; rolled back 1 times"):
+        train(_cfg(data_root, tmp_path / "out", max_iters=6, eval_interval=2, max_nan_rollbacks=1))
+
+
+# ---------------------------------------------------------------------------- fault tolerance
+
+@pytest.mark.timeout(240)
+def test_run_completes_after_a_worker_is_killed(ray_start_2_cpus, data_root, tmp_path):
+    from ray.util.state import list_actors
+
+    out_dir = tmp_path / "out"
+    cfg = _cfg(data_root, out_dir, num_workers=2, max_iters=300, eval_interval=20, log_interval=20, max_failures=2)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = train(cfg)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 120
+    while not (out_dir / CKPT_NAME).exists():  # written once Ray has committed a checkpoint
+        assert time.time() < deadline and thread.is_alive(), outcome
+        time.sleep(0.05)
+    # this cluster's address: other Ray clusters may run on the same machine
+    address = ray_start_2_cpus.address_info["gcs_address"]
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                          detail=True)
+    assert len(workers) == 2
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(timeout=200)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    result = outcome["result"]
+    assert result.metrics["iter"] == 300
+    assert result.metrics["resumed_from"] >= 20  # the new worker group started from a checkpoint
+    assert _weights(out_dir)["iter_num"] == 300
+
+
+# ---------------------------------------------------------------------------- bad input: one line, exit 2
+
+def _train_cli(capsys, data_root, out_dir, *flags) -> str:
+    cfg = tiny_config(data_root, out_dir)
+    argv = ["train", *(f"--{k}={v}" for k, v in cfg.items() if k not in ("resources_per_worker",)), *flags]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+@pytest.mark.timeout(60)
+def test_accumulation_not_divisible_by_workers_is_one_line(capsys, data_root, tmp_path):
+    err = _train_cli(capsys, data_root, tmp_path, "--gradient_accumulation_steps=3", "--num_workers=2")
+    assert "gradient_accumulation_steps=3 must divide by num_workers=2" in err
+
+
+@pytest.mark.timeout(60)
+def test_missing_dataset_names_the_prepare_command(capsys, data_root, tmp_path):
+    err = _train_cli(capsys, data_root, tmp_path, "--dataset=nowhere")
+    assert "nanogpt-ray prepare nowhere" in err
+
+
+@pytest.mark.timeout(60)
+def test_block_size_larger_than_the_data_is_one_line(capsys, tmp_path):
+    make_dataset(tmp_path / "small", n_train=20_000, n_val=100)
+    err = _train_cli(capsys, tmp_path / "small", tmp_path / "out", "--block_size=128")
+    assert "val.bin holds 100 tokens, too few for block_size=128" in err
+
+
+@pytest.mark.timeout(60)
+def test_unwritable_storage_path_fails_before_workers_start(capsys, data_root, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    err = _train_cli(capsys, data_root, tmp_path / "out", f"--storage_path={tmp_path / 'a_file' / 'ray'}")
+    assert "is not writable" in err and "--storage_path" in err
+
+
+@pytest.mark.timeout(60)
+def test_resume_without_a_checkpoint_is_one_line(capsys, data_root, tmp_path):
+    err = _train_cli(capsys, data_root, tmp_path / "empty", "--init_from=resume")
+    assert "init_from='resume' but there is no checkpoint" in err
+
+
+@pytest.mark.timeout(60)
+def test_use_gpu_without_gpus_in_the_cluster_is_one_line(ray_start_2_cpus, capsys, data_root, tmp_path):
+    err = _train_cli(capsys, data_root, tmp_path / "out", "--use_gpu=True")
+    assert "use_gpu=True but the Ray cluster has no GPUs" in err
+
+
+@pytest.mark.timeout(60)
+def test_more_workers_than_the_cluster_can_hold_fails_instead_of_waiting(ray_start_2_cpus, capsys, data_root, tmp_path):
+    err = _train_cli(capsys, data_root, tmp_path / "out", "--num_workers=3", "--gradient_accumulation_steps=3")
+    assert "num_workers=3 but the Ray cluster (1 node(s)) can hold at most 2 worker(s)" in err
