@@ -87,3 +87,12 @@ def test_cuda_device_without_a_gpu_is_a_bench_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(BenchError, match="no CUDA GPU"):
         run_bench(BenchConfig(**dict(TINY, device="cuda")), verbose=False)
+
+
+@pytest.mark.timeout(120)
+def test_scaling_with_accumulation_that_does_not_divide_is_one_line_before_ray_starts():
+    result = run_cli(*TINY_FLAGS, "--scaling=True", "--max_workers=3", "--gradient_accumulation_steps=2")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--gradient_accumulation_steps=6" in lines[0], result.stderr
+    assert "Ray" not in result.stdout  # failed before any cluster was started
