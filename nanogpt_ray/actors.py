@@ -177,7 +177,7 @@ def format_bench_table(rows: list[dict]) -> str:
     out.append(f"slowest node: {slowest['node']} ({slowest.get('hostname', '')}, {slowest['device']}): "
                f"{slowest['tokens_per_s']:,.0f} tokens/s{note}")
     if rows and "memory_kind" in rows[0]:
-        out.append(f"memory: {rows[0]['memory_kind']}; MFU against {rows[0]['peak_flops_source']} of each node")
+        out.append(f"memory: {rows[0]['memory_kind']}; MFU against each actor's own peak: {rows[0]['peak_flops_source']}")
     return "\n".join(out)
 
 
