@@ -206,6 +206,7 @@ class SamplerActor:
             self.sampler = load_sampler(cfg)
             self.block_size = self.sampler.model.config.block_size
             self.truncate = cfg.truncate
+            self.context_shift = getattr(cfg, "context_shift", 0)  # a SampleConfig key where config.py has it
         except ValueError as e:  # CheckpointError, SampleError, TokenizerError, ConfigError: the user's to fix
             self.init_error = str(e)
 
@@ -214,7 +215,7 @@ class SamplerActor:
 
     def generate(self, batch: list[SampleRow]) -> list[dict]:
         model, tokenizer, device, ctx = self.sampler
-        return generate_batch(model, tokenizer, batch, self.block_size, self.truncate, device, ctx)
+        return generate_batch(model, tokenizer, batch, self.block_size, self.truncate, device, ctx, self.context_shift)
 
 
 def _sampler_config(cfg: SampleConfig) -> dict:
@@ -457,7 +458,8 @@ class SampleBatchUDF:
             raise BatchSampleError("the dataset needs an 'id' column (rows cannot be numbered across blocks)")
         model, tokenizer, device, ctx = self.sampler
         results = list(sample_rows(model, tokenizer, expand_rows(records, self.cfg), model.config.block_size,
-                                   self.cfg.batch_size, self.cfg.truncate, device, ctx))
+                                   self.cfg.batch_size, self.cfg.truncate, device, ctx,
+                                   getattr(self.cfg, "context_shift", 0)))
         int_ids = pa.types.is_integer(table.schema.field("id").type) if "id" in table.schema.names else True
         return rows_to_table(results, output_schema(results, int_ids=int_ids))
 

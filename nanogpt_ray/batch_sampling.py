@@ -16,6 +16,7 @@ planned from the input order alone, so 1 actor or 10, a retry or not, every row 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -212,9 +213,10 @@ def decode(tokenizer, ids) -> str:
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, truncate: bool = False,
-                   device="cpu", ctx=None) -> list[dict]:
+                   device="cpu", ctx=None, context_shift: int = 0) -> list[dict]:
     """Result rows of one planned batch, in its order: each row is validated and tokenized (tokenize_rows),
-    rows with an error pass through with it, the others generate together."""
+    rows with an error pass through with it, the others generate together. context_shift: see GPT.generate
+    (0, the default, is nanoGPT's exact sliding window past block_size)."""
     batch = tokenize_rows(batch, tokenizer, block_size, truncate)
     good = [r for r in batch if r.error is None]
     results = {r.key(): result_row(r) for r in batch if r.error is not None}
@@ -225,13 +227,10 @@ def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, tr
         x = x.to(device)
         generators = [torch.Generator(device=device).manual_seed(generator_seed(r.seed, r.sample)) for r in good]
         padded = len(set(lengths)) > 1
-        if ctx is None:
+        extra = {"context_shift": context_shift} if context_shift else {}
+        with ctx if ctx is not None else contextlib.nullcontext():
             y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               prompt_lengths=lengths if padded else None, generators=generators)
-        else:
-            with ctx:
-                y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   prompt_lengths=lengths if padded else None, generators=generators)
+                               prompt_lengths=lengths if padded else None, generators=generators, **extra)
         new = y[:, x.size(1):].tolist()
         for r, ids in zip(good, new):
             results[r.key()] = result_row(r, decode(tokenizer, ids), len(ids))
@@ -239,10 +238,10 @@ def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, tr
 
 
 def sample_rows(model, tokenizer, rows: Iterable[SampleRow], block_size: int, batch_size: int = 16,
-                truncate: bool = False, device="cpu", ctx=None) -> Iterator[dict]:
+                truncate: bool = False, device="cpu", ctx=None, context_shift: int = 0) -> Iterator[dict]:
     """Everything in one process (the reference the Ray paths must match): batch, validate, generate."""
     for batch in plan_batches(rows, batch_size):
-        yield from generate_batch(model, tokenizer, batch, block_size, truncate, device, ctx)
+        yield from generate_batch(model, tokenizer, batch, block_size, truncate, device, ctx, context_shift)
 
 
 # ---------------------------------------------------------------------------- prompt files

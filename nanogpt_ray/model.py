@@ -355,23 +355,35 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 prompt_lengths=None, generators=None, use_cache=True):
+                 prompt_lengths=None, generators=None, use_cache=True, context_shift=0):
         """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
 
         prompt_lengths: rows of different lengths, left-padded to T; each row then generates exactly as it
         would alone. generators: one torch.Generator per row, so a row's sample does not depend on its batch.
         With use_cache the keys and values are kept between steps; past block_size the context is cropped to
         the last block_size tokens and re-prefilled every step, exactly as full recomputation would see it.
+        That re-prefill is a full forward per token (learned absolute positions: sliding the window changes
+        every kept token's keys and values). context_shift=n > 0 trades that exactness for speed: when the
+        context is full, the oldest n tokens are dropped at once and the cache is rebuilt once per n tokens
+        (the window jumps instead of sliding; llama.cpp's "context shift").
         """
         B, T0 = idx.shape
         block_size = self.config.block_size
+        shift = min(max(int(context_shift or 0), 0), block_size - 1)
         pad = torch.zeros(B, dtype=torch.long, device=idx.device)
         if prompt_lengths is not None:
             pad = T0 - torch.as_tensor(prompt_lengths, dtype=torch.long, device=idx.device)
         cache = None
+        start = 0  # with context_shift: where the current window begins
         for _ in range(max_new_tokens):
             T = idx.size(1)
-            if T > block_size:
+            if shift and T - start > block_size:
+                # the window jumps by at least `shift` tokens; the cache is rebuilt once for the new window
+                start, cache = max(T - block_size + shift, T - block_size), None
+            if shift and start > 0:
+                context, window_pad = idx[:, start:], (pad - start).clamp(min=0)
+                T = context.size(1)  # <= block_size: the cached path below applies
+            elif T > block_size:
                 # the window slides: positions of every kept token change, so the cache cannot be reused
                 context, window_pad, cache = idx[:, -block_size:], (pad - (T - block_size)).clamp(min=0), None
             else:

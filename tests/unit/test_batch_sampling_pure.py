@@ -231,3 +231,28 @@ def test_parquet_writer_converts_at_close_and_resume_keeps_earlier_rows(tmp_path
     with ResultWriter(out, resume=True) as w:
         w.write([_result(3, sample=1)])
     assert [(r["id"], r["sample"]) for r in read_results(out)] == [(1, 0), (2, 0), (3, 1)]
+
+
+@pytest.mark.parametrize("shift", [1, 8, 23])
+def test_context_shift_cache_equals_recomputation_of_the_same_windows(model_and_tokenizer, shift):
+    model, _ = model_and_tokenizer
+    torch.manual_seed(3)
+    idx = torch.randint(0, model.config.vocab_size, (2, 5))
+    cached = model.generate(idx, 50, top_k=1, context_shift=shift)
+    uncached = model.generate(idx, 50, top_k=1, context_shift=shift, use_cache=False)
+    assert torch.equal(cached, uncached)
+    # windows that jump, not slide: past block_size the tokens differ from the sliding window's
+    sliding = model.generate(idx, 50, top_k=1)
+    assert torch.equal(cached[:, :BLOCK + 1], sliding[:, :BLOCK + 1])  # identical while the context fits
+    if shift > 1:
+        assert not torch.equal(cached, sliding)
+    else:
+        assert torch.equal(cached, sliding)  # a shift of one token is the sliding window itself
+
+
+def test_generate_batch_passes_context_shift(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    plain = generate_batch(model, tok, rows_of(["abc"], max_new_tokens=40), BLOCK)
+    shifted = generate_batch(model, tok, rows_of(["abc"], max_new_tokens=40), BLOCK, context_shift=12)
+    assert plain[0]["completion"][:BLOCK - 3] == shifted[0]["completion"][:BLOCK - 3]
+    assert plain[0]["completion"] != shifted[0]["completion"]
