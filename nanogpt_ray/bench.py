@@ -115,7 +115,8 @@ def run_bench(cfg: BenchConfig | dict, verbose: bool = True) -> dict:
     device, dtype = bench_device(cfg)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     if device_type == "cuda":
-        torch.cuda.set_device(device)
+        if ":" in device:
+            torch.cuda.set_device(device)
         enable_tf32()
     ctx = autocast_context(device, dtype)
     torch.manual_seed(cfg.seed)
