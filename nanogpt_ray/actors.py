@@ -233,7 +233,7 @@ def plan_sampler_actors(cfg: SampleConfig, resources: dict) -> tuple[int, dict]:
     """(number of actors, options per actor) from the cluster's resources: one per GPU (or per
     gpus_per_actor) when there are GPUs and the device allows them, else one per CPU."""
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
-    use_gpu = cfg.gpus_per_actor > 0 or (gpus >= 1 and cfg.device in ("auto",) or cfg.device.startswith("cuda"))
+    use_gpu = cfg.gpus_per_actor > 0 or (gpus >= 1 and cfg.device == "auto") or cfg.device.startswith("cuda")
     if use_gpu:
         per_actor = cfg.gpus_per_actor or 1.0
         if gpus < per_actor:
@@ -309,10 +309,9 @@ def run_batches(actors: list, batches: Iterator[list[SampleRow]], on_results) ->
                 pending[actors[i].generate.remote(batch)] = (i, batch, attempts)  # [ray]
                 in_flight[i] += 1
         if not pending:
-            if retries:  # every actor is gone with work left
+            if retries or not exhausted:  # nothing in flight yet work left: every actor is gone
                 raise ActorError(f"every sampling actor died ({len(actors)} started, each restarted up to "
-                                 f"{ACTOR_MAX_RESTARTS} times); {sum(len(b) for b, _, _ in retries)} rows left; "
-                                 "rerun with --resume")
+                                 f"{ACTOR_MAX_RESTARTS} times) with rows left; rerun with --resume")
             return
         [ref], _ = ray.wait(list(pending), num_returns=1)  # [ray]
         i, batch, attempts = pending.pop(ref)
