@@ -376,6 +376,7 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
     def report(metrics: dict, with_checkpoint: bool) -> None:
         """Every rank calls this at the same iterations; rank 0 attaches the checkpoint when asked."""
         metrics = dict(metrics, iter=iter_num, resumed_from=resumed_from, node_id=reporter.node_id(),
+                       wall_tokens_per_s=wall_tokens_per_s,
                        node_ids=node_ids, world_size=world_size,
                        nan_rollbacks=nan_rollbacks)
         if not with_checkpoint:
@@ -419,6 +420,9 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
     local_iter_num = 0
     running_mfu = -1.0
     step_time, steps_timed = 0.0, 0  # training time since the last log line (eval and reports left out)
+    # wall-clock throughput from the first log line on, everything included (eval, reports, checkpoints):
+    # what a benchmark of the loop bare vs under Ray compares
+    first_log, wall_tokens_per_s = None, 0.0
     while True:
         lr = get_lr(iter_num, cfg)
         for param_group in optimizer.param_groups:
@@ -493,6 +497,10 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
                 mfu = raw_model.estimate_mfu(cfg.batch_size * m, dt)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             tokens_per_s = tokens_per_iter / dt
+            if first_log is None:
+                first_log = (time.time(), iter_num)
+            elif iter_num > first_log[1]:
+                wall_tokens_per_s = tokens_per_iter * (iter_num - first_log[1]) / (time.time() - first_log[0])
             eta_s = (cfg.max_iters - iter_num) * dt
             log(reporter, f"iter {iter_num}: loss {loss_mean:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s, "
                           f"mfu {running_mfu * 100:.2f}%, lr {lr:.2e}, eta {eta_s / 60:.1f}min")
