@@ -314,7 +314,8 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
         # [ray] TorchTrainer already initialised the process group (gloo on CPU, nccl on GPUs)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
+        device_index = torch.device(device).index
+        model = DDP(model, device_ids=[device_index] if device_type == "cuda" and device_index is not None else None)
     eval_model = model.module if world_size > 1 else model
 
     # ------------------------------------------------------------------ wandb (rank 0 only)
@@ -517,10 +518,24 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
 
 
 def run_bare(config: dict | TrainConfig) -> Reporter:
-    """The same loop in this process, no Ray (one worker, or every rank under torchrun)."""
+    """The same loop in this process, no Ray: one worker, or every rank under
+    `torchrun --nproc_per_node=N -m nanogpt_ray.train_loop <config files> --key=value`."""
     if isinstance(config, TrainConfig):
         config = to_dict(config)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # torchrun: under Ray, TorchTrainer does this
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     reporter = Reporter()
     if reporter.rank == 0:
         print(f"training without Ray in process {os.getpid()}", file=sys.stderr)
     return train_loop_per_worker(config, reporter)
+
+
+if __name__ == "__main__":
+    # Without Ray: python -m nanogpt_ray.train_loop configs/train_shakespeare_char_cpu.py --max_iters=100
+    from .config import load_config, split_args
+
+    files, overrides = split_args(sys.argv[1:])
+    run_bare(load_config(TrainConfig, files, overrides))
