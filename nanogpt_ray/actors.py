@@ -273,10 +273,12 @@ def stop_actors(actors: list) -> None:
         ray.kill(actor)  # [ray] free the CPUs/GPUs now (Ray Data, next, needs them)
 
 
-def run_batches(actors: list, batches: Iterator[list[SampleRow]], on_results) -> None:
+def run_batches(actors: list, batches: Iterator[list[SampleRow]], on_results) -> int:
     """Feed planned batches to the actors, IN_FLIGHT_PER_ACTOR each, and pass every finished batch's rows
     to on_results. A batch whose actor died goes back in the queue, to another actor where possible;
-    after MAX_BATCH_ATTEMPTS deaths (or an error inside generate) its rows come back with an error."""
+    after MAX_BATCH_ATTEMPTS deaths (or an error inside generate) its rows come back with an error.
+    Returns how many batches were re-submitted after an actor died."""
+    resubmitted = 0
     alive = set(range(len(actors)))
     deaths = [0] * len(actors)
     in_flight = [0] * len(actors)
@@ -312,7 +314,7 @@ def run_batches(actors: list, batches: Iterator[list[SampleRow]], on_results) ->
             if retries or not exhausted:  # nothing in flight yet work left: every actor is gone
                 raise ActorError(f"every sampling actor died ({len(actors)} started, each restarted up to "
                                  f"{ACTOR_MAX_RESTARTS} times) with rows left; rerun with --resume")
-            return
+            return resubmitted
         [ref], _ = ray.wait(list(pending), num_returns=1)  # [ray]
         i, batch, attempts = pending.pop(ref)
         in_flight[i] -= 1
@@ -327,6 +329,7 @@ def run_batches(actors: list, batches: Iterator[list[SampleRow]], on_results) ->
                            for r in batch]
             else:
                 retries.append((batch, attempts + 1, i))
+                resubmitted += 1
                 continue
         except ray.exceptions.RayTaskError as e:  # [ray] generate raised: a bug or a device error; rows say so
             cause = getattr(e, "cause", None) or e
@@ -417,6 +420,7 @@ def sample_file(cfg: SampleConfig, actors: list | None = None) -> dict:
 def _sample(rows: list[SampleRow], cfg: SampleConfig, sink, actors: list | None, progress: bool) -> dict:
     bar = _Progress(len(rows), disable=not progress)
     started = own_actors = False
+    resubmitted = 0
     try:
         if rows:
             if actors is None:
@@ -427,7 +431,7 @@ def _sample(rows: list[SampleRow], cfg: SampleConfig, sink, actors: list | None,
                 sink(results)
                 bar.update(results)
 
-            run_batches(actors, plan_batches(rows, cfg.batch_size), on_results)
+            resubmitted = run_batches(actors, plan_batches(rows, cfg.batch_size), on_results)
     finally:
         bar.close()
         if own_actors:
@@ -436,7 +440,7 @@ def _sample(rows: list[SampleRow], cfg: SampleConfig, sink, actors: list | None,
             ray.shutdown()  # [ray]
     seconds = time.perf_counter() - bar.start
     return {"rows": len(rows), "errors": bar.errors, "tokens": bar.tokens, "seconds": seconds,
-            "tokens_per_s": bar.tokens / max(seconds, 1e-9)}
+            "tokens_per_s": bar.tokens / max(seconds, 1e-9), "resubmitted_batches": resubmitted}
 
 
 # ---- batch sampling on Ray Data (datasets too large to list on the driver)

@@ -161,11 +161,12 @@ def test_an_actor_killed_mid_run_loses_no_rows(ray_start_2_cpus, run, tmp_path, 
     killer = threading.Thread(target=kill_when_rows_appear, daemon=True)
     killer.start()
     try:
-        sample_file(cfg, actors=actors)
+        summary = sample_file(cfg, actors=actors)
     finally:
         killer.join(timeout=5)
         stop_actors(actors)
     assert killed, "the actor was never killed"
+    assert summary["resubmitted_batches"] >= 1  # the dead actor's batches really were run again
     rows = read_results(cfg.output)
     got = keyed(rows)
     assert len(rows) == N and set(got) == set(expected)
@@ -245,6 +246,10 @@ def test_ray_data_path_matches_single_process_sampling(ray_start_2_cpus, run, tm
     got = keyed(rows)
     assert set(got) == set(expected)
     assert all(got[k]["completion"] == expected[k]["completion"] and got[k]["error"] is None for k in got)
+    out = tmp_path / "out_dataset"
+    assert sample_dataset(str(prompts), cfg, output=str(out)) == str(out)
+    written = keyed(pq.read_table(str(out)).to_pylist())
+    assert {k: r["completion"] for k, r in written.items()} == {k: r["completion"] for k, r in got.items()}
 
 
 @pytest.mark.timeout(300)
