@@ -80,12 +80,16 @@ def overhead(args, data_root: pathlib.Path, work: pathlib.Path) -> dict:
         t0 = time.time()
         result = train(config(work / f"ray{repeat}", data_root, **speed))
         on_ray = result.metrics["wall_tokens_per_s"]
-        print(f"TorchTrainer run {repeat}: {on_ray:,.0f} tok/s ({time.time() - t0:.1f}s total)", flush=True)
+        rows.setdefault("report_s", []).append(result.metrics.get("report_time_s", 0.0))
+        print(f"TorchTrainer run {repeat}: {on_ray:,.0f} tok/s ({time.time() - t0:.1f}s total, "
+              f"{rows['report_s'][-1]:.2f}s in metrics reports)", flush=True)
         rows.setdefault("bare", []).append(bare)
         rows.setdefault("ray", []).append(on_ray)
     ray.shutdown()
     bare, on_ray = max(rows["bare"]), max(rows["ray"])  # best of repeats: the machine is shared
     return {"bare_tokens_per_s": bare, "ray_tokens_per_s": on_ray, "overhead_pct": 100 * (1 - on_ray / bare),
+            "report_s": rows["report_s"][rows["ray"].index(on_ray)],
+            "reports": args.speed_iters // args.log_interval,
             "all_bare": rows["bare"], "all_ray": rows["ray"]}
 
 
@@ -153,6 +157,7 @@ def main() -> int:
     print(f"| tokens/s bare (no Ray), best of {args.repeats} | {o['bare_tokens_per_s']:,.0f} |")
     print(f"| tokens/s TorchTrainer, 1 worker, best of {args.repeats} | {o['ray_tokens_per_s']:,.0f} |")
     print(f"| Ray overhead | {o['overhead_pct']:.1f} % |")
+    print(f"| of which in ray.train.report ({o['reports']} metrics reports) | {o['report_s']:.2f} s |")
     if "startup" in results:
         s = results["startup"]
         print(f"| command to first logged step (fresh local cluster) | {s['first_step_s']:.1f} s |")

@@ -377,11 +377,14 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
     def report(metrics: dict, with_checkpoint: bool) -> None:
         """Every rank calls this at the same iterations; rank 0 attaches the checkpoint when asked."""
         metrics = dict(metrics, iter=iter_num, resumed_from=resumed_from, node_id=reporter.node_id(),
-                       wall_tokens_per_s=wall_tokens_per_s,
+                       wall_tokens_per_s=wall_tokens_per_s, report_time_s=report_time,
                        node_ids=node_ids, world_size=world_size,
                        nan_rollbacks=nan_rollbacks)
+        nonlocal report_time
         if not with_checkpoint:
+            t0 = time.time()
             reporter.report(metrics)
+            report_time += time.time() - t0  # what Ray's report costs the loop (a barrier plus a queue hand-off)
             return
         state = build_checkpoint()
         tmp_dir = tempfile.mkdtemp(prefix="nanogpt-ckpt-") if master_process else None
@@ -424,6 +427,7 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
     # wall-clock throughput from the first log line on, everything included (eval, reports, checkpoints):
     # what a benchmark of the loop bare vs under Ray compares
     first_log, wall_tokens_per_s = None, 0.0
+    report_time = 0.0  # seconds spent in metrics-only reports
     while True:
         lr = get_lr(iter_num, cfg)
         for param_group in optimizer.param_groups:
@@ -437,7 +441,7 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
             # nothing new to save at iteration 0 or right after a resume (the checkpoint just loaded is this one)
-            save = iter_num > resumed_from and not cfg.eval_only and (improved or cfg.always_save_checkpoint or at_end)
+            save = iter_num > resumed_from and not cfg.eval_only and (improved or cfg.always_save_checkpoint)
             metrics = {"train_loss": losses["train"], "val_loss": losses["val"], "best_val_loss": best_val_loss, "lr": lr}
             if wandb_run is not None:
                 wandb_run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,

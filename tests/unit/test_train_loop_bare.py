@@ -58,3 +58,17 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
     assert get_lr(10, cfg) == pytest.approx(1.0)
     assert get_lr(55, cfg) == pytest.approx(0.55)
     assert get_lr(100, cfg) == pytest.approx(0.1) and get_lr(500, cfg) == 0.1
+
+
+@pytest.mark.timeout(180)
+def test_resumed_run_continues_the_same_offline_wandb_run(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out_dir = tmp_path / "out"
+    _run(data_root, out_dir, max_iters=10, wandb_log=True, wandb_project="nanogpt-test")
+    first_id = torch.load(out_dir / CKPT_NAME, weights_only=True)["resume"]["wandb_run_id"]
+    _run(data_root, out_dir, max_iters=20, wandb_log=True, wandb_project="nanogpt-test", init_from="resume")
+    ckpt = torch.load(out_dir / CKPT_NAME, weights_only=True)
+    assert ckpt["iter_num"] == 20 and ckpt["resume"]["wandb_run_id"] == first_id
+    runs = sorted((out_dir / "wandb").glob(f"offline-run-*-{first_id}"))
+    assert len(runs) == 2  # one folder per process, both logging to the same run id
+    assert all(b"val/loss" in (run / f"run-{first_id}.wandb").read_bytes() for run in runs)
