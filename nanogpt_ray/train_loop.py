@@ -376,11 +376,11 @@ def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Rep
 
     def report(metrics: dict, with_checkpoint: bool) -> None:
         """Every rank calls this at the same iterations; rank 0 attaches the checkpoint when asked."""
+        nonlocal report_time
         metrics = dict(metrics, iter=iter_num, resumed_from=resumed_from, node_id=reporter.node_id(),
                        wall_tokens_per_s=wall_tokens_per_s, report_time_s=report_time,
                        node_ids=node_ids, world_size=world_size,
                        nan_rollbacks=nan_rollbacks)
-        nonlocal report_time
         if not with_checkpoint:
             t0 = time.time()
             reporter.report(metrics)
