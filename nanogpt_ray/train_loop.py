@@ -217,9 +217,15 @@ def log(reporter: Reporter, msg: str) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> Reporter:
+def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> None:
+    """What TorchTrainer runs on every worker. Returns nothing: Ray pickles a return value back to the
+    controller (which then imports this module), so results travel through reports only."""
+    train(config, reporter or make_reporter())
+
+
+def train(config: dict, reporter: Reporter) -> Reporter:
+    """nanoGPT's train.py body; `reporter` decides whether Ray is underneath."""
     cfg = from_dict(TrainConfig, config)
-    reporter = reporter or make_reporter()
     rank, world_size = reporter.rank, reporter.world_size
     master_process = rank == 0
     if cfg.gradient_accumulation_steps % world_size != 0:
@@ -534,7 +540,7 @@ def run_bare(config: dict | TrainConfig) -> Reporter:
     reporter = Reporter()
     if reporter.rank == 0:
         print(f"training without Ray in process {os.getpid()}", file=sys.stderr)
-    return train_loop_per_worker(config, reporter)
+    return train(config, reporter)
 
 
 if __name__ == "__main__":
