@@ -206,7 +206,7 @@ class SamplerActor:
             self.sampler = load_sampler(cfg)
             self.block_size = self.sampler.model.config.block_size
             self.truncate = cfg.truncate
-            self.context_shift = context_shift or getattr(cfg, "context_shift", 0)  # see GPT.generate
+            self.context_shift = context_shift or cfg.context_shift  # see GPT.generate
         except ValueError as e:  # CheckpointError, SampleError, TokenizerError, ConfigError: the user's to fix
             self.init_error = str(e)
 
@@ -463,7 +463,7 @@ class SampleBatchUDF:
         model, tokenizer, device, ctx = self.sampler
         results = list(sample_rows(model, tokenizer, expand_rows(records, self.cfg), model.config.block_size,
                                    self.cfg.batch_size, self.cfg.truncate, device, ctx,
-                                   getattr(self.cfg, "context_shift", 0)))
+                                   self.cfg.context_shift))
         int_ids = pa.types.is_integer(table.schema.field("id").type) if "id" in table.schema.names else True
         return rows_to_table(results, output_schema(results, int_ids=int_ids))
 

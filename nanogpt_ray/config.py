@@ -220,6 +220,9 @@ class SampleConfig:
     """Keep only the k most likely tokens; None disables."""
     top_p: float | None = None
     """Nucleus sampling: keep the smallest set of tokens with this much probability; None disables."""
+    context_shift: int = 0
+    """Past block_size: 0 slides the window one token a step, exactly as nanoGPT (full recompute each token);
+    n > 0 drops the oldest n tokens at once and keeps the KV cache between shifts (much faster, not nanoGPT's tokens)."""
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"
@@ -244,6 +247,8 @@ class SampleConfig:
         _check_device_dtype(self.device, self.dtype)
         _check_init_from(self.init_from, ("resume",))
         _check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.context_shift < 0:
+            raise ConfigError(f"context_shift={self.context_shift} must be >= 0 (0 keeps nanoGPT's exact sliding window)")
         for key in ("num_samples", "max_new_tokens", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")

@@ -133,7 +133,7 @@ def load_sampler(cfg: SampleConfig) -> Sampler:
 @torch.no_grad()
 def generate_ids(sampler: Sampler, prompt_ids: list[int], num_samples: int, max_new_tokens: int,
                  temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None,
-                 seed: int = 1337, batch_size: int = 16):
+                 seed: int = 1337, batch_size: int = 16, context_shift: int = 0):
     """num_samples continuations of one prompt, yielded one at a time as token-id lists (prompt included).
     Rows generate together in batches; row i has its own generator seeded seed + i, so a sample does not
     depend on num_samples or batch_size."""
@@ -144,7 +144,7 @@ def generate_ids(sampler: Sampler, prompt_ids: list[int], num_samples: int, max_
         generators = [torch.Generator(device=device).manual_seed(seed + i) for i in rows]
         with ctx:
             y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               generators=generators)
+                               generators=generators, context_shift=context_shift)
         yield from y.tolist()
 
 
@@ -154,6 +154,6 @@ def sample_main(cfg: SampleConfig) -> None:
     sampler = load_sampler(cfg)
     prompt_ids = encode_prompt(sampler.tokenizer, prompt)
     for ids in generate_ids(sampler, prompt_ids, cfg.num_samples, cfg.max_new_tokens, cfg.temperature,
-                            cfg.top_k, cfg.top_p, cfg.seed, cfg.batch_size):
+                            cfg.top_k, cfg.top_p, cfg.seed, cfg.batch_size, cfg.context_shift):
         print(decode_tokens(sampler.tokenizer, ids))
         print(SEPARATOR, flush=True)
