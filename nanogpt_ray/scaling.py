@@ -99,7 +99,7 @@ def scaling_train_config(cfg: BenchConfig, num_workers: int, work_dir: str) -> T
     run_name = f"bench-scaling-{num_workers}-{uuid.uuid4().hex[:8]}"
     return TrainConfig(
         out_dir=os.path.join(work_dir, run_name), storage_path=os.path.join(work_dir, "ray"), run_name=run_name,
-        eval_interval=10**9, eval_iters=1, log_interval=1, always_save_checkpoint=False,
+        eval_interval=10**9, eval_iters=1, log_interval=1, always_save_checkpoint=True,  # saves only at the end
         dataset=dataset, data_root=data_root, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         batch_size=cfg.batch_size, max_iters=cfg.warmup_steps + cfg.timed_steps + 1, decay_lr=False,
         device=cfg.device, dtype=cfg.dtype, compile=cfg.compile, seed=cfg.seed, num_workers=num_workers,
