@@ -303,7 +303,7 @@ class BenchConfig:
 
 # ----------------------------------------------------------------------------- loading
 
-PATH_KEYS = ("out_dir", "data_root", "storage_path", "ckpt_path", "prompts", "output", "json", "profile_dir", "hf_dir")
+PATH_KEYS = ("out_dir", "data_root", "storage_path", "ckpt_path", "prompts", "output", "json", "profile_dir", "hf_dir", "base_config")
 
 
 def config_fields(cls) -> dict[str, dataclasses.Field]:
@@ -583,3 +583,65 @@ class SweepConfig:
 
     def sweep_dir(self) -> str:
         return os.path.join(self.storage_path, self.sweep_name)
+
+
+PREPARE_DATASETS = ("shakespeare_char", "shakespeare", "openwebtext", "text")
+
+
+@dataclass
+class PrepareConfig:
+    """Tokenize a corpus into <data_root>/<dataset>/train.bin, val.bin and meta.json."""
+
+    dataset: str = "shakespeare_char"
+    """shakespeare_char, shakespeare, openwebtext, or text (any files); given as the first argument."""
+    data_root: str = "data"
+    """Root folder of prepared datasets (the key training reads too)."""
+    output_name: str = ""
+    """Folder name under data_root; '' means the dataset name."""
+    input: str = ""
+    """Input files: a path, a glob, or several separated by commas; local or s3://, gs:// (pyarrow filesystems)."""
+    format: str = "auto"
+    """txt, jsonl or parquet; 'auto' goes by each file's extension."""
+    txt_mode: str = "file"
+    """For .txt: 'file' (one document per file) or 'line' (one document per line)."""
+    field: str = "text"
+    """The jsonl field or parquet column holding the text."""
+    tokenizer: str = "gpt2"
+    """A tiktoken encoding: gpt2 (r50k_base) or another name; vocabularies over 65,536 are stored as uint32."""
+    val_fraction: float | None = None
+    """Share of documents in val.bin, picked by a seeded hash of each document; None is 0.0005 for
+    openwebtext (nanoGPT's) and 0.1 for text. Tiny Shakespeare keeps nanoGPT's fixed 90/10 character split."""
+    seed: int = 2357
+    """Seed of the document split."""
+    errors: str = "strict"
+    """Bytes that are not UTF-8: 'strict' fails naming the file, 'replace' substitutes U+FFFD."""
+    parallel: bool | None = None
+    """Tokenize on Ray Data; None means yes when there is more than one input file."""
+    num_cpus: int = 0
+    """Ray Data tokenizer tasks in flight; 0 means every CPU of the cluster."""
+    address: str = ""
+    """Ray cluster to use; '' uses RAY_ADDRESS, else starts a local one."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in PREPARE_DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}{_closest(self.dataset, PREPARE_DATASETS)} "
+                              f"(use one of {', '.join(PREPARE_DATASETS)})")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.format not in ("auto", "txt", "jsonl", "parquet"):
+            raise ConfigError(f"format={self.format!r}; use auto, txt, jsonl or parquet")
+        if self.txt_mode not in ("file", "line"):
+            raise ConfigError(f"txt_mode={self.txt_mode!r}; use 'file' or 'line'")
+        if self.errors not in ("strict", "replace"):
+            raise ConfigError(f"errors={self.errors!r}; use 'strict' or 'replace'")
+        if self.dataset == "text" and not self.input:
+            raise ConfigError("dataset 'text' needs --input=FILES (paths or globs, comma-separated)")
+
+    def output_dir(self) -> str:
+        return os.path.join(self.data_root, self.output_name or self.dataset)
+
+    def resolved_val_fraction(self) -> float:
+        if self.val_fraction is not None:
+            return self.val_fraction
+        return 0.0005 if self.dataset == "openwebtext" else 0.1

@@ -1,0 +1,11 @@
+"""Prepare the shakespeare dataset into this folder: train.bin, val.bin, meta.json.
+
+    python data/shakespeare/prepare.py [--input=...] [--key=value ...]   (same as: nanogpt-ray prepare shakespeare ...)
+"""
+import os
+import sys
+
+from nanogpt_ray.cli import main
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.exit(main(["prepare", "shakespeare", f"--data_root={os.path.dirname(here)}", *sys.argv[1:]]))
