@@ -497,7 +497,7 @@ def _init_ray(sweep: SweepConfig) -> None:
 
     # each trial's driver runs in a Tune actor: what its Train controller and workers read must travel with the job
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
-    env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", *WORKER_ENV_VARS) if k in os.environ}
+    env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", *WORKER_ENV_VARS) if k in os.environ}
     address = sweep.address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = dict(runtime_env={"env_vars": env}) if env else {}
     if address == "local":
