@@ -25,6 +25,9 @@ from .data import DataError, check_block_size, load_split
 # Environment variables the workers need from the driver (Ray only propagates its own).
 WORKER_ENV_VARS = ("NANOGPT_RAY_INJECT_NAN_AT_ITER", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_ENTITY",
                    "TIKTOKEN_CACHE_DIR", "HF_HUB_OFFLINE", "HF_HOME", "NANOGPT_RAY_GPT2_RANKS")
+# Ray Train V2 routes workers' print() through its logger (each of our log lines then reached the console
+# twice) and logs every report at INFO; a training log should read like nanoGPT's. Set either to 1 to undo.
+QUIET_WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}
 # How often the Train controller polls workers; each report can wait this long. Ray's default is 2 s.
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
 
@@ -166,7 +169,8 @@ def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None
     from .train_loop import train_loop_per_worker
 
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_gpu else "gloo")
-    env_vars = {k: os.environ[k] for k in WORKER_ENV_VARS if k in os.environ}
+    env_vars = dict(QUIET_WORKER_ENV)
+    env_vars.update({k: os.environ[k] for k in (*WORKER_ENV_VARS, *QUIET_WORKER_ENV) if k in os.environ})
     resources = worker_resources(cfg, use_gpu)
     resources.pop("GPU", None)  # use_gpu asks for the GPU
     return TorchTrainer(
