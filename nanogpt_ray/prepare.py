@@ -8,18 +8,19 @@ Other corpora are documents: each is encoded with the tokenizer, followed by <|e
 val.bin when a seeded hash of its text falls under val_fraction. That choice depends on the document alone,
 so the output does not depend on how the work is split: Ray output is byte-identical to one process.
 
-The pipeline streams: each Ray Data row is one file, which a tokenizer actor reads and turns into token bytes; the
-driver appends them in input order to temporary files, renamed into place only when everything succeeded.
+The pipeline streams. The driver cuts the input into work units (a byte range of a jsonl or line-mode txt file
+cut at line ends, a parquet row group, a whole txt file), checks what it can before any work, and hands the
+units to Ray Data: tokenizer actors read their unit and return its token bytes (map_batches), and the driver
+appends them in input order to temporary files that are renamed into place only when everything succeeded.
+Memory is a few units per actor, whatever the size of the corpus.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -31,8 +32,8 @@ from .config import PrepareConfig, load_config, split_args
 from .data import token_dtype_for
 from .tokenizer import CharTokenizer
 
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 OPENWEBTEXT_HF = "openwebtext"
+PARALLEL_MIN_BYTES = 64 * 2**20  # parallel=None: below this, starting a local Ray cluster costs more than it saves
 
 
 class PrepareError(ValueError):
@@ -47,11 +48,14 @@ class SplitWriter:
 
     def __init__(self, out_dir: str, dtype: str):
         self.out_dir, self.dtype = out_dir, np.dtype(dtype)
-        self.tmp = {split: os.path.join(out_dir, f".{split}.bin.partial") for split in ("train", "val")}
-        self.files = {split: open(path, "wb") for split, path in self.tmp.items()}
+        self.tmp, self.files = {}, {}
+        for split in ("train", "val"):
+            fd, self.tmp[split] = tempfile.mkstemp(dir=out_dir, prefix=f".{split}.bin.", suffix=".partial")
+            _default_mode(fd)
+            self.files[split] = os.fdopen(fd, "wb")
         self.counts = {"train": 0, "val": 0}
 
-    def write(self, split: str, tokens: np.ndarray | bytes) -> None:
+    def write(self, split: str, tokens) -> None:
         data = tokens if isinstance(tokens, bytes) else np.asarray(tokens, dtype=self.dtype).tobytes()
         self.files[split].write(data)
         self.counts[split] += len(data) // self.dtype.itemsize
@@ -61,18 +65,38 @@ class SplitWriter:
             f.flush()
             os.fsync(f.fileno())
             f.close()
+        meta_path = os.path.join(self.out_dir, "meta.json")
+        if os.path.exists(meta_path):
+            os.unlink(meta_path)  # a kill between the renames below leaves no meta.json that vouches for a mix
         for split, path in self.tmp.items():
             os.replace(path, os.path.join(self.out_dir, f"{split}.bin"))
-        meta_tmp = os.path.join(self.out_dir, ".meta.json.partial")
-        with open(meta_tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(meta_tmp, os.path.join(self.out_dir, "meta.json"))  # last: meta.json marks a finished prepare
+        atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # last: meta.json marks a finished prepare
 
     def abort(self) -> None:
         for split, f in self.files.items():
             f.close()
             if os.path.exists(self.tmp[split]):
                 os.unlink(self.tmp[split])
+
+
+def _default_mode(fd: int) -> None:
+    """mkstemp makes 0600 files; finished outputs get the usual 0666 & ~umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".partial")
+    _default_mode(fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def check_writable(out_dir: str) -> None:
@@ -87,45 +111,54 @@ def check_writable(out_dir: str) -> None:
 
 # ----------------------------------------------------------------------------- tiny Shakespeare
 
-def shakespeare_text(cfg: PrepareConfig) -> tuple[str, str]:
-    """(text, source): --input wins, then a copy already in the dataset folder, then the usual download."""
+def shakespeare_source(cfg: PrepareConfig) -> str:
+    """Where the text comes from: --input wins, then a copy in the dataset folder (ours or the sibling
+    Shakespeare's), then cfg.url."""
     if cfg.input:
-        return read_local_text(cfg.input, cfg.errors), os.path.abspath(cfg.input)
-    for candidate in (os.path.join(cfg.output_dir(), "input.txt"), os.environ.get("SHAKESPEARE_INPUT", "")):
-        if candidate and os.path.isfile(candidate):
-            return read_local_text(candidate, cfg.errors), os.path.abspath(candidate)
+        if not os.path.isfile(cfg.input):
+            raise PrepareError(f"input file {cfg.input!r} does not exist")
+        return os.path.abspath(cfg.input)
+    for name in (cfg.output_name or cfg.dataset, "shakespeare_char", "shakespeare"):
+        candidate = os.path.join(cfg.data_root, name, "input.txt")
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    return cfg.url
+
+
+def shakespeare_text(source: str, cfg: PrepareConfig) -> str:
+    if os.path.isfile(source):
+        with open(source, "rb") as f:
+            return decode(f.read(), source, cfg.errors)
     try:
-        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
-            text = response.read().decode("utf-8")
-    except OSError as e:
-        raise PrepareError(f"cannot download tiny Shakespeare ({getattr(e, 'reason', e)}); "
+        with urllib.request.urlopen(source, timeout=30) as response:
+            data = response.read()
+    except (OSError, ValueError) as e:
+        raise PrepareError(f"cannot download tiny Shakespeare from {source} ({getattr(e, 'reason', e)}); "
                            "pass a local copy with --input=PATH/input.txt") from None
-    with open(os.path.join(cfg.output_dir(), "input.txt"), "w") as f:  # cached for the next run
-        f.write(text)
-    return text, SHAKESPEARE_URL
+    text = decode(data, source, cfg.errors)
+    atomic_write_text(os.path.join(cfg.output_dir(), "input.txt"), text)  # the local cache of the next run
+    return text
 
 
-def read_local_text(path: str, errors: str) -> str:
-    if not os.path.isfile(path):
-        raise PrepareError(f"input file {path!r} does not exist")
-    with open(path, "rb") as f:
-        return decode(f.read(), path, errors)
-
-
-def decode(data: bytes, path: str, errors: str) -> str:
+def decode(data: bytes, path: str, errors: str, offset: int = 0) -> str:
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
-        raise PrepareError(f"{path} is not UTF-8 (byte {e.start}); pass --errors=replace to substitute U+FFFD") from None
+        raise PrepareError(f"{path} is not UTF-8 (byte {offset + e.start:,}); "
+                           "pass --errors=replace to substitute U+FFFD") from None
 
 
 def prepare_shakespeare(cfg: PrepareConfig) -> dict:
-    """nanoGPT's data/shakespeare_char and data/shakespeare: first 90% of characters train, the rest val."""
-    text, source = shakespeare_text(cfg)
+    """nanoGPT's data/shakespeare_char and data/shakespeare: the first 90% of characters train, the rest val;
+    a char vocabulary of sorted(set(text)), or tiktoken's encode_ordinary of each part."""
+    source = shakespeare_source(cfg)
+    check_writable(cfg.output_dir())
+    text = shakespeare_text(source, cfg)
     if not text:
         raise PrepareError(f"{source} is empty: nothing to prepare")
     n = len(text)
-    train_text, val_text = text[: int(n * 0.9)], text[int(n * 0.9):]
+    train_fraction = 0.9 if cfg.val_fraction is None else 1 - cfg.val_fraction
+    train_text, val_text = text[: int(n * train_fraction)], text[int(n * train_fraction):]
     if cfg.dataset == "shakespeare_char":
         tokenizer = CharTokenizer.from_text(text)
         encode, meta = tokenizer.encode, tokenizer.meta()
@@ -145,7 +178,7 @@ def prepare_shakespeare(cfg: PrepareConfig) -> dict:
     return meta
 
 
-# ----------------------------------------------------------------------------- documents
+# ----------------------------------------------------------------------------- input files
 
 def tiktoken_encoding(name: str):
     """GPT-2 through our offline-capable loader; other tiktoken encodings by name."""
@@ -162,7 +195,7 @@ def tiktoken_encoding(name: str):
 
 
 def expand_inputs(spec: str) -> list[str]:
-    """Paths from a comma-separated list of paths and globs; URIs (s3://, gs://) through pyarrow."""
+    """Paths from a comma-separated list of paths and globs; URIs (s3://, gs://, file://) through pyarrow."""
     paths: list[str] = []
     for pattern in (p.strip() for p in spec.split(",")):
         if not pattern:
@@ -171,8 +204,9 @@ def expand_inputs(spec: str) -> list[str]:
             paths.extend(_expand_uri(pattern))
             continue
         pattern = os.path.abspath(os.path.expanduser(pattern))  # Ray workers do not share our cwd
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else ([pattern] if os.path.exists(pattern) else [])
-        matches = [m for m in matches if os.path.isfile(m)]
+        if not glob.has_magic(pattern) and not os.path.isfile(pattern):
+            raise PrepareError(f"input file {pattern!r} does not exist")
+        matches = [m for m in sorted(glob.glob(pattern)) if os.path.isfile(m)]
         if not matches:
             raise PrepareError(f"no input files match {pattern!r}")
         paths.extend(matches)
@@ -186,18 +220,45 @@ def _expand_uri(pattern: str) -> list[str]:
 
     from pyarrow import fs
 
-    filesystem, path = fs.FileSystem.from_uri(pattern.split("*")[0].rsplit("/", 1)[0] if glob.has_magic(pattern) else pattern)
-    scheme = pattern.split("://")[0]
-    if not glob.has_magic(pattern):
-        if filesystem.get_file_info(path).type != fs.FileType.File:
-            raise PrepareError(f"no input file at {pattern!r}")
-        return [pattern]
-    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-    prefix = pattern.split("://", 1)[1]
-    matches = sorted(f"{scheme}://{i.path}" for i in infos if i.type == fs.FileType.File and fnmatch.fnmatch(i.path, prefix))
+    scheme, rest = pattern.split("://", 1)
+    try:
+        if not glob.has_magic(pattern):
+            filesystem, path = fs.FileSystem.from_uri(pattern)
+            if filesystem.get_file_info(path).type != fs.FileType.File:
+                raise PrepareError(f"input file {pattern!r} does not exist")
+            return [pattern]
+        base = pattern[: min(pattern.find(c) for c in "*?[" if c in pattern)].rsplit("/", 1)[0]
+        filesystem, path = fs.FileSystem.from_uri(base)
+        infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
+    except (OSError, ValueError) as e:
+        if isinstance(e, PrepareError):
+            raise
+        raise PrepareError(f"cannot list {pattern!r}: {e}") from None
+    glob_part = path + pattern[len(base):]  # the pattern in the filesystem's own spelling of paths
+    matches = sorted(i.path for i in infos if i.type == fs.FileType.File and fnmatch.fnmatch(i.path, glob_part))
     if not matches:
         raise PrepareError(f"no input files match {pattern!r}")
-    return matches
+    prefix = "file://" if scheme == "file" else f"{scheme}://"
+    return [prefix + m for m in matches]
+
+
+def open_input(path: str):
+    """A seekable binary file: local, or remote through pyarrow's filesystems."""
+    if "://" in path:
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        return filesystem.open_input_file(inner)
+    return open(path, "rb")
+
+
+def file_size(path: str) -> int:
+    if "://" in path:
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        return filesystem.get_file_info(inner).size
+    return os.path.getsize(path)
 
 
 def file_format(path: str, fmt: str) -> str:
@@ -210,34 +271,127 @@ def file_format(path: str, fmt: str) -> str:
     return "txt"
 
 
-def documents_of_file(data: bytes, path: str, cfg: dict) -> list[str]:
-    """The documents one input file holds, per the file's format."""
-    kind = file_format(path, cfg["format"])
+def plan_units(paths: list[str], cfg: PrepareConfig) -> tuple[list[dict], int]:
+    """(work units in input order, total input bytes), after checking each file's field or column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    units, total, step = [], 0, cfg.chunk_mb * 2**20
+    for path in paths:
+        kind, size = file_format(path, cfg.format), file_size(path)
+        total += size
+        if kind == "parquet":
+            with open_input(path) as f:
+                try:
+                    parquet = pq.ParquetFile(f)
+                except pa.ArrowException as e:
+                    raise PrepareError(f"{path} is not a parquet file ({e})") from None
+                schema = parquet.schema_arrow
+                if cfg.field not in schema.names:
+                    raise PrepareError(f"{path} has no column {cfg.field!r} (columns: {', '.join(schema.names)}); "
+                                       "pass --field=")
+                column_type = schema.field(cfg.field).type
+                if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+                    raise PrepareError(f"{path}: column {cfg.field!r} holds {column_type}, not text; pass --field=")
+                groups = parquet.num_row_groups
+            units += [dict(path=path, kind=kind, start=0, end=0, row_group=g) for g in range(groups)]
+        elif kind == "jsonl" or cfg.txt_mode == "line":
+            if kind == "jsonl":
+                check_jsonl_field(path, cfg)
+            units += [dict(path=path, kind=kind, start=s, end=min(s + step, size), row_group=-1)
+                      for s in range(0, max(size, 1), step)]
+        else:
+            units.append(dict(path=path, kind=kind, start=0, end=size, row_group=-1))
+    if total == 0:
+        raise PrepareError(f"the corpus ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}) is empty: nothing to prepare")
+    for index, unit in enumerate(units):
+        unit["index"] = index
+    return units, total
+
+
+def check_jsonl_field(path: str, cfg: PrepareConfig) -> None:
+    """A wrong --field fails before any work: every jsonl file's first record must have it."""
+    with open_input(path) as f:
+        while True:
+            line = read_line(f)
+            if not line:
+                return
+            if line.strip():
+                break
+    record = parse_json_line(decode(line, path, cfg.errors), path, 0)
+    if not isinstance(record, dict) or cfg.field not in record:
+        keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+        raise PrepareError(f"{path}: the first record has no field {cfg.field!r} (it has: {keys}); pass --field=")
+
+
+def parse_json_line(line: str, path: str, offset: int):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        raise PrepareError(f"{path} (byte {offset:,}): a line that is not valid JSON") from None
+
+
+def read_line(f) -> bytes:
+    """Bytes up to and including the next newline (or the end of the file). pyarrow's files have no readline."""
+    parts = []
+    while True:
+        block = f.read(1 << 16)
+        if not block:
+            break
+        cut = block.find(b"\n")
+        if cut >= 0:
+            parts.append(block[: cut + 1])
+            f.seek(f.tell() - (len(block) - cut - 1))
+            break
+        parts.append(block)
+    return b"".join(parts)
+
+
+def read_range(path: str, start: int, end: int) -> tuple[bytes, int]:
+    """(the lines that begin in [start, end), where they begin). A line belongs to the range it starts in."""
+    with open_input(path) as f:
+        if start > 0:
+            f.seek(start - 1)
+            read_line(f)  # the rest of the line that began before start (just the newline if one ends there)
+        begin = f.tell()
+        if begin >= end:
+            return b"", begin
+        data = f.read(end - begin)
+        if data and not data.endswith(b"\n"):
+            data += read_line(f)
+        return data, begin
+
+
+def documents_of_unit(unit: dict, job: dict) -> list[str]:
+    """The documents one work unit holds, per its file's format. Empty and blank documents are skipped."""
+    path, kind = unit["path"], unit["kind"]
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(data))
-        if cfg["field"] not in table.column_names:
-            raise PrepareError(f"{path} has no column {cfg['field']!r} (columns: {', '.join(table.column_names)}); pass --field=")
-        return [t for t in table.column(cfg["field"]).to_pylist() if t]
-    text = decode(data, path, cfg["errors"])
-    if kind == "jsonl":
-        docs = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise PrepareError(f"{path}:{number} is not valid JSON") from None
-            if not isinstance(record, dict) or cfg["field"] not in record:
-                raise PrepareError(f"{path}:{number} has no field {cfg['field']!r}; pass --field=")
-            if record[cfg["field"]]:
-                docs.append(str(record[cfg["field"]]))
-        return docs
-    if cfg["txt_mode"] == "line":
-        return [line for line in text.splitlines() if line.strip()]
-    return [text] if text else []
+        with open_input(path) as f:
+            column = pq.ParquetFile(f).read_row_group(unit["row_group"], columns=[job["field"]]).column(0)
+        docs = column.to_pylist()
+    else:
+        data, begin = read_range(path, unit["start"], unit["end"])
+        text = decode(data, path, job["errors"], begin)
+        if kind == "jsonl":
+            docs, offset = [], begin
+            for line in text.split("\n"):
+                if line.strip():
+                    record = parse_json_line(line, path, offset)
+                    if not isinstance(record, dict) or job["field"] not in record:
+                        raise PrepareError(f"{path} (byte {offset:,}): a record without field {job['field']!r}; pass --field=")
+                    value = record[job["field"]]
+                    if value is not None and not isinstance(value, str):
+                        raise PrepareError(f"{path} (byte {offset:,}): field {job['field']!r} holds "
+                                           f"{type(value).__name__}, not text")
+                    docs.append(value)
+                offset += len(line.encode("utf-8", "surrogateescape")) + 1
+        elif kind == "txt" and job["txt_mode"] == "line":
+            docs = [line.removesuffix("\r") for line in text.split("\n")]
+        else:
+            docs = [text]
+    return [d for d in docs if d and not d.isspace()]
 
 
 def in_val(doc: str, seed: int, val_fraction: float) -> bool:
@@ -247,144 +401,150 @@ def in_val(doc: str, seed: int, val_fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < val_fraction
 
 
-class TokenizeFiles:
-    """File paths -> token bytes per split. A callable class so Ray Data builds the tokenizer once per actor."""
+# ----------------------------------------------------------------------------- tokenizing
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-        self.encoding = tiktoken_encoding(cfg["tokenizer"])
+class TokenizeUnits:
+    """Work units -> token bytes per split. A callable class, so Ray Data builds the tokenizer once per actor.
+
+    A PrepareError (bad bytes, a bad record) travels back as the row's `error`: the driver raises it when it
+    reaches that unit in input order, so the first bad file is the one named, as in a single-process run.
+    """
+
+    def __init__(self, job: dict):
+        self.job = job
+        self.encoding = tiktoken_encoding(job["tokenizer"])
         self.eot = self.encoding.eot_token
         self.dtype = np.dtype(token_dtype_for(self.encoding.n_vocab))
 
-    def tokenize(self, docs: list[str]) -> dict:
-        splits = {"train": [], "val": []}
-        for doc, ids in zip(docs, self.encoding.encode_ordinary_batch(docs, num_threads=1)):
-            ids.append(self.eot)  # documents are separated by <|endoftext|>
-            splits["val" if in_val(doc, self.cfg["seed"], self.cfg["val_fraction"]) else "train"].extend(ids)
-        return {split: np.asarray(ids, dtype=self.dtype).tobytes() for split, ids in splits.items()}
+    def tokenize(self, docs: list[str]) -> tuple[bytes, bytes]:
+        arrays = {"train": [], "val": []}
+        # Batches of about 1 MB of text: Python lists of ints cost ~36 bytes a token, so a whole unit's
+        # worth at once would dwarf the unit itself; numpy holds them in 2.
+        start = 0
+        while start < len(docs):
+            stop, chars = start, 0
+            while stop < len(docs) and (stop == start or chars < 2**20):
+                chars += len(docs[stop])
+                stop += 1
+            ids_of = {"train": [], "val": []}
+            # num_threads=1: one CPU per actor; Ray runs as many actors as there are CPUs
+            for doc, ids in zip(docs[start:stop], self.encoding.encode_ordinary_batch(docs[start:stop], num_threads=1)):
+                ids.append(self.eot)  # documents are separated (and ended) by <|endoftext|>
+                ids_of["val" if in_val(doc, self.job["seed"], self.job["val_fraction"]) else "train"].append(ids)
+            for split, lists in ids_of.items():
+                if lists:
+                    arrays[split].append(np.fromiter((t for ids in lists for t in ids), dtype=self.dtype,
+                                                     count=sum(map(len, lists))))
+            start = stop
+        return tuple(np.concatenate(arrays[s]).tobytes() if arrays[s] else b"" for s in ("train", "val"))
 
     def __call__(self, batch: dict) -> dict:
-        out = {"train": [], "val": [], "documents": []}
-        for path in batch["path"]:
-            docs = documents_of_file(read_bytes(str(path)), str(path), self.cfg)
-            result = self.tokenize(docs)
-            out["train"].append(result["train"])
-            out["val"].append(result["val"])
+        out = {"index": [], "train": [], "val": [], "documents": [], "error": []}
+        for i in range(len(batch["index"])):
+            unit = dict(path=str(batch["path"][i]), kind=str(batch["kind"][i]), start=int(batch["start"][i]),
+                        end=int(batch["end"][i]), row_group=int(batch["row_group"][i]))
+            train = val = b""
+            docs, error = [], ""
+            try:
+                docs = documents_of_unit(unit, self.job)
+                train, val = self.tokenize(docs)
+            except PrepareError as e:
+                error = str(e)
+            out["index"].append(int(batch["index"][i]))
+            out["train"].append(train)
+            out["val"].append(val)
             out["documents"].append(len(docs))
-        return {"train": np.array(out["train"], dtype=object), "val": np.array(out["val"], dtype=object),
-                "documents": np.array(out["documents"], dtype=np.int64)}
+            out["error"].append(error)
+        return {"index": np.array(out["index"], dtype=np.int64), "train": np.array(out["train"], dtype=object),
+                "val": np.array(out["val"], dtype=object), "documents": np.array(out["documents"], dtype=np.int64),
+                "error": np.array(out["error"], dtype=object)}
 
 
-def read_bytes(path: str) -> bytes:
-    if "://" in path:
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        with filesystem.open_input_stream(inner) as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+def tokenized_single(units: list[dict], job: dict):
+    """The same work in this process, one unit at a time."""
+    tokenize = TokenizeUnits(job)
+    for unit in units:
+        yield tokenize({key: [value] for key, value in unit.items()})
 
 
-def check_first_file(paths: list[str], cfg: PrepareConfig) -> None:
-    """Catch a wrong --field before any work: look at the first file's schema or first record."""
-    path, kind = paths[0], file_format(paths[0], cfg.format)
-    if kind == "parquet" and "://" not in path:
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-        if cfg.field not in names:
-            raise PrepareError(f"{path} has no column {cfg.field!r} (columns: {', '.join(names)}); pass --field=")
-    elif kind == "jsonl" and "://" not in path:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    record = json.loads(decode(line, path, cfg.errors))
-                    if not isinstance(record, dict) or cfg.field not in record:
-                        raise PrepareError(f"{path}:1 has no field {cfg.field!r}; pass --field=")
-                    break
-
-
-def file_batches_single(paths: list[str], cfg: dict):
-    tokenize = TokenizeFiles(cfg)
-    for path in paths:
-        yield tokenize({"path": [path]})
-
-
-def file_batches_ray(paths: list[str], cfg: dict, num_cpus: int):
+def tokenized_ray(units: list[dict], job: dict, num_workers: int):
+    """The work on Ray Data: units -> map_batches(TokenizeUnits) on an actor pool -> batches in input order."""
     import ray  # [ray] only the parallel path needs Ray
 
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # output order = input order, so bytes match one process
-    # The tokenizer actors read their files themselves: a separate read stage would need a CPU of its own,
-    # and with every CPU held by the actor pool Ray Data would wait forever.
-    dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-    tasks = min(len(paths), num_cpus or max(1, int(ray.cluster_resources().get("CPU", 1))))
-    dataset = dataset.map_batches(TokenizeFiles, fn_constructor_args=(cfg,), batch_size=1, num_cpus=1,
-                                  compute=ray.data.ActorPoolStrategy(size=tasks))
-    yield from dataset.iter_batches(batch_size=None, prefetch_batches=2)
+    saved = context.execution_options.preserve_order, context.enable_progress_bars
+    context.execution_options.preserve_order = True  # [ray] output order = input order: bytes match one process
+    context.enable_progress_bars = False  # ours counts units and tokens
+    try:
+        size = min(len(units), num_workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
+        remote_args = {}
+        if os.environ.get("TIKTOKEN_CACHE_DIR"):  # offline BPE ranks, for workers of a cluster started elsewhere
+            remote_args["runtime_env"] = {"env_vars": {"TIKTOKEN_CACHE_DIR": os.environ["TIKTOKEN_CACHE_DIR"]}}
+        # [ray] The units are tiny rows already in the object store; the tokenizer actors read their bytes
+        # themselves. A separate read stage would need CPUs of its own, and with every CPU held by the actor
+        # pool Ray Data would wait forever.
+        dataset = ray.data.from_items(units, override_num_blocks=len(units))
+        dataset = dataset.map_batches(TokenizeUnits, fn_constructor_args=(job,), batch_size=1, num_cpus=1,
+                                      compute=ray.data.ActorPoolStrategy(size=size), **remote_args)
+        yield from dataset.iter_batches(batch_size=None, prefetch_batches=1)  # [ray] streaming: bounded memory
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
 
 
-def _user_error(exc: BaseException) -> PrepareError | None:
-    """The PrepareError behind an exception that crossed Ray. Ray Data wraps a UDF's error in
-    RayTaskError(UserCodeException), and the original only survives in the text of its traceback."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if type(exc) is PrepareError:
-            return exc
-        match = re.search(r"PrepareError: (.+)", str(exc))
-        if match:
-            return PrepareError(match.group(1).strip())
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
-
-
-def prepare_documents(cfg: PrepareConfig, paths: list[str] | None = None) -> dict:
+def prepare_documents(cfg: PrepareConfig, paths: list[str]) -> dict:
     """openwebtext / text: documents from files, tokenized on Ray Data (or in this process)."""
-    paths = paths if paths is not None else expand_inputs(cfg.input)
-    check_first_file(paths, cfg)
+    units, total_bytes = plan_units(paths, cfg)
     encoding = tiktoken_encoding(cfg.tokenizer)
+    check_writable(cfg.output_dir())  # everything is checked: from here on, work
     dtype = token_dtype_for(encoding.n_vocab)
-    job = dict(format=cfg.format, txt_mode=cfg.txt_mode, field=cfg.field, tokenizer=cfg.tokenizer,
+    job = dict(txt_mode=cfg.txt_mode, field=cfg.field, tokenizer=cfg.tokenizer,
                val_fraction=cfg.resolved_val_fraction(), seed=cfg.seed, errors=cfg.errors)
-    parallel = cfg.parallel if cfg.parallel is not None else len(paths) > 1
+    parallel = cfg.parallel if cfg.parallel is not None else total_bytes >= PARALLEL_MIN_BYTES and len(units) > 1
     started_ray = False
     if parallel:
         import ray  # [ray]
 
         if not ray.is_initialized():
-            ray.init(address=cfg.address or None, log_to_driver=False)  # [ray] RAY_ADDRESS, else a local cluster
+            local = not (cfg.address or os.environ.get("RAY_ADDRESS"))
+            extra = {"include_dashboard": False} if local else {}
+            ray.init(address=cfg.address or None, log_to_driver=False, **extra)  # [ray] a cluster, or a local one
             started_ray = True
-        batches = file_batches_ray(paths, job, cfg.num_cpus)
+        batches = tokenized_ray(units, job, cfg.num_workers)
     else:
-        batches = file_batches_single(paths, job)
+        batches = tokenized_single(units, job)
 
-    progress = _progress(len(paths), cfg.progress)
+    progress = _progress(len(units), cfg.progress)
     writer = SplitWriter(cfg.output_dir(), dtype)
-    documents = 0
+    documents, next_index, waiting = 0, 0, {}
     try:
         for batch in batches:
-            for train, val, docs in zip(batch["train"], batch["val"], batch["documents"]):
+            for row in zip(batch["index"], batch["train"], batch["val"], batch["documents"], batch["error"]):
+                waiting[int(row[0])] = row[1:]
+            while next_index in waiting:  # input order, even if a batch ever arrived early
+                train, val, docs, error = waiting.pop(next_index)
+                if error:
+                    raise PrepareError(str(error))
                 writer.write("train", bytes(train))
                 writer.write("val", bytes(val))
                 documents += int(docs)
+                next_index += 1
                 progress.update(1)
-                progress.set_postfix(tokens=f"{writer.counts['train'] + writer.counts['val']:,}")
+                progress.set_postfix(tokens=f"{writer.counts['train'] + writer.counts['val']:,}", refresh=False)
+        if next_index != len(units):
+            raise RuntimeError(f"tokenized {next_index} of {len(units)} work units")
         if documents == 0 or writer.counts["train"] == 0:
-            raise PrepareError(f"the corpus ({cfg.input}) holds {documents} documents with training tokens: nothing to train on")
+            raise PrepareError(f"the corpus ({cfg.input or paths[0]}) holds {documents} documents with training "
+                               "tokens: nothing to train on")
         if writer.counts["val"] == 0:
             raise PrepareError(f"no document of {documents:,} fell in the val split; raise --val_fraction "
                                f"(now {cfg.resolved_val_fraction()}) or give more documents")
-        meta = {"tokenizer": cfg.tokenizer, "vocab_size": encoding.n_vocab, "dtype": dtype, "source": cfg.input,
-                "documents": documents, "train_tokens": writer.counts["train"], "val_tokens": writer.counts["val"],
-                "val_fraction": cfg.resolved_val_fraction(), "seed": cfg.seed}
+        meta = {"tokenizer": cfg.tokenizer, "vocab_size": encoding.n_vocab, "dtype": dtype,
+                "source": cfg.input or paths[0], "documents": documents, "train_tokens": writer.counts["train"],
+                "val_tokens": writer.counts["val"], "val_fraction": cfg.resolved_val_fraction(), "seed": cfg.seed,
+                "eot_token": encoding.eot_token}
         writer.commit(meta)
-    except BaseException as e:
+    except BaseException:
         writer.abort()
-        user_error = _user_error(e)
-        if user_error is not None:
-            raise user_error from None
         raise
     finally:
         progress.close()
@@ -398,7 +558,7 @@ def prepare_documents(cfg: PrepareConfig, paths: list[str] | None = None) -> dic
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="file", desc="tokenizing", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, unit="unit", desc="tokenizing", disable=not enabled, file=sys.stderr)
 
 
 def openwebtext_paths(cfg: PrepareConfig) -> list[str]:
@@ -408,7 +568,9 @@ def openwebtext_paths(cfg: PrepareConfig) -> list[str]:
     try:
         import datasets  # the hf extra
     except ImportError:
-        raise PrepareError("openwebtext needs `pip install nanogpt-ray[hf]`, or local files via --input=PATHS") from None
+        raise PrepareError("openwebtext needs `pip install nanogpt-ray[hf]`, or local parquet/jsonl files via "
+                           "--input=PATHS") from None
+    check_writable(cfg.output_dir())
     try:
         dataset = datasets.load_dataset(OPENWEBTEXT_HF, split="train")
     except Exception as e:
@@ -421,7 +583,9 @@ def openwebtext_paths(cfg: PrepareConfig) -> list[str]:
     for i in range(num_shards):
         path = os.path.join(shard_dir, f"{i:05d}.parquet")
         if not os.path.exists(path):
-            dataset.shard(num_shards, i, contiguous=True).to_parquet(path)
+            tmp = path + ".partial"
+            dataset.shard(num_shards, i, contiguous=True).to_parquet(tmp)
+            os.replace(tmp, path)
         paths.append(path)
     cfg.field = "text"
     return paths
@@ -430,15 +594,15 @@ def openwebtext_paths(cfg: PrepareConfig) -> list[str]:
 # ----------------------------------------------------------------------------- entry point
 
 def prepare(cfg: PrepareConfig) -> dict:
-    check_writable(cfg.output_dir())
-    t0 = time.time()
+    """Prepare cfg.dataset into cfg.output_dir(); print one summary line; return meta.json's contents."""
+    t0 = time.perf_counter()
     if cfg.dataset in ("shakespeare_char", "shakespeare"):
         meta = prepare_shakespeare(cfg)
     elif cfg.dataset == "openwebtext":
         meta = prepare_documents(cfg, openwebtext_paths(cfg))
     else:
-        meta = prepare_documents(cfg)
-    seconds = time.time() - t0
+        meta = prepare_documents(cfg, expand_inputs(cfg.input))
+    seconds = time.perf_counter() - t0
     tokens = meta["train_tokens"] + meta["val_tokens"]
     print(f"prepared {cfg.output_dir()}: {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
           f"{meta['val_tokens']:,} val tokens ({meta['dtype']}, vocab {meta['vocab_size']:,}) in {seconds:.1f} s "
