@@ -610,18 +610,26 @@ class PrepareConfig:
     """A tiktoken encoding: gpt2 (r50k_base) or another name; vocabularies over 65,536 are stored as uint32."""
     val_fraction: float | None = None
     """Share of documents in val.bin, picked by a seeded hash of each document; None is 0.0005 for
-    openwebtext (nanoGPT's) and 0.1 for text. Tiny Shakespeare keeps nanoGPT's fixed 90/10 character split."""
+    openwebtext (nanoGPT's) and 0.1 for text. Tiny Shakespeare splits by characters instead: the last
+    val_fraction of the text (None: nanoGPT's 10%) is val."""
     seed: int = 2357
     """Seed of the document split."""
     errors: str = "strict"
     """Bytes that are not UTF-8: 'strict' fails naming the file, 'replace' substitutes U+FFFD."""
     parallel: bool | None = None
-    """Tokenize on Ray Data; None means yes when there is more than one input file."""
-    num_cpus: int = 0
-    """Ray Data tokenizer tasks in flight; 0 means every CPU of the cluster."""
+    """Tokenize on Ray Data; None means yes when the inputs total 64 MB or more (a local Ray cluster takes
+    seconds to start). False tokenizes in this process; the bytes written are the same either way."""
+    num_workers: int = 0
+    """Ray Data tokenizer actors (one CPU each); 0 means every CPU of the cluster."""
+    chunk_mb: int = 16
+    """Work unit of jsonl and line-mode txt files: byte ranges of about this size, cut at line ends
+    (parquet: one row group; file-mode txt: one file). Memory per tokenizer stays near a few units."""
     address: str = ""
     """Ray cluster to use; '' uses RAY_ADDRESS, else starts a local one."""
     progress: bool = True
+    """A progress bar on stderr while tokenizing."""
+    url: str = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    """Where tiny Shakespeare is downloaded from when there is no --input and no copy in the dataset folder."""
 
     def __post_init__(self) -> None:
         if self.dataset not in PREPARE_DATASETS:
@@ -635,6 +643,8 @@ class PrepareConfig:
             raise ConfigError(f"txt_mode={self.txt_mode!r}; use 'file' or 'line'")
         if self.errors not in ("strict", "replace"):
             raise ConfigError(f"errors={self.errors!r}; use 'strict' or 'replace'")
+        if self.chunk_mb < 1 or self.num_workers < 0:
+            raise ConfigError(f"chunk_mb={self.chunk_mb} must be >= 1 and num_workers={self.num_workers} >= 0")
         if self.dataset == "text" and not self.input:
             raise ConfigError("dataset 'text' needs --input=FILES (paths or globs, comma-separated)")
 
