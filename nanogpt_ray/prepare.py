@@ -548,6 +548,7 @@ def prepare_documents(cfg: PrepareConfig, paths: list[str]) -> dict:
         raise
     finally:
         progress.close()
+        batches.close()  # Ray Data's iterator cleans up now, while Ray is still up (not at exit, after our error line)
         if started_ray:
             import ray
 
