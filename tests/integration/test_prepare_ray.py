@@ -1,0 +1,115 @@
+"""prepare on a real local Ray cluster: Ray Data output byte-identical to one process, the same documents in
+.txt/.jsonl/.parquet give the same tokens, errors cross Ray as one line, and the CLI end to end."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nanogpt_ray.config import PrepareConfig, load_config
+from nanogpt_ray.prepare import PrepareError, prepare
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DOCS = [f"Doc {i} says {'ab cd ' * (i % 11)}naïve café {i ** 2} — the end." for i in range(3000)]
+
+
+def run(data_root, *args):
+    return prepare(load_config(PrepareConfig, [], ["--dataset=text", f"--data_root={data_root}", "--progress=False", *args]))
+
+
+def read(folder):
+    return {split: (folder / f"{split}.bin").read_bytes() for split in ("train", "val")}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Mixed formats and several units per file: jsonl cut into 1 MB ranges, parquet row groups, txt files."""
+    root = tmp_path_factory.mktemp("corpus")
+    long_docs = [d * 50 for d in DOCS[:900]]  # ~2.6 MB: three units at chunk_mb=1
+    (root / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in long_docs), encoding="utf-8")
+    pq.write_table(pa.table({"text": DOCS[900:2000]}), root / "b.parquet", row_group_size=200)
+    (root / "c.txt").write_text("\n".join(DOCS[2000:]) + "\n", encoding="utf-8")
+    for i in range(3):
+        (root / f"d{i}.txt").write_text(DOCS[i] + "\n\nwith a blank line\n", encoding="utf-8")
+    return root
+
+
+def test_ray_output_is_byte_identical_to_one_process(ray_start_2_cpus, corpus, tmp_path):
+    inputs = f"--input={corpus}/a.jsonl,{corpus}/b.parquet,{corpus}/c.txt,{corpus}/d*.txt"
+    single = run(tmp_path, inputs, "--output_name=single", "--parallel=False", "--chunk_mb=1")
+    ray_meta = run(tmp_path, inputs, "--output_name=ray", "--parallel=True", "--chunk_mb=1", "--num_workers=2")
+    assert read(tmp_path / "ray") == read(tmp_path / "single")
+    assert ray_meta == single
+    assert single["documents"] == 900 + 1100 + 1 + 3  # c.txt is one document in the default per-file mode
+    assert single["val_tokens"] > 0 and single["train_tokens"] > 500_000
+    assert sorted(os.listdir(tmp_path / "ray")) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_txt_jsonl_parquet_with_the_same_documents_give_the_same_tokens(ray_start_2_cpus, tmp_path):
+    docs = DOCS[:1500]
+    (tmp_path / "docs.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"body": d}) + "\n" for d in docs), encoding="utf-8")
+    pq.write_table(pa.table({"body": docs}), tmp_path / "docs.parquet", row_group_size=100)
+    out = tmp_path / "out"
+    txt = run(out, f"--input={tmp_path}/docs.txt", "--txt_mode=line", "--output_name=txt", "--parallel=True")
+    jsonl = run(out, f"--input={tmp_path}/docs.jsonl", "--field=body", "--output_name=jsonl", "--parallel=True")
+    parquet = run(out, f"--input={tmp_path}/docs.parquet", "--field=body", "--output_name=parquet", "--parallel=True")
+    assert read(out / "txt") == read(out / "jsonl") == read(out / "parquet")
+    assert txt["documents"] == jsonl["documents"] == parquet["documents"] == 1500
+    eot = np.frombuffer(read(out / "parquet")["train"] + read(out / "parquet")["val"], dtype=np.uint16) == 50256
+    assert int(eot.sum()) == 1500
+
+
+def test_a_bad_file_fails_across_ray_with_one_line_and_nothing_written(ray_start_2_cpus, corpus, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("good start ".encode() * 1000 + b"\x80 not utf-8")
+    with pytest.raises(PrepareError) as info:
+        run(tmp_path / "out", f"--input={corpus}/a.jsonl,{bad},{corpus}/c.txt", "--parallel=True", "--chunk_mb=1")
+    message = str(info.value)
+    assert message == f"{bad} is not UTF-8 (byte 11,000); pass --errors=replace to substitute U+FFFD"
+    folder = tmp_path / "out" / "text"
+    assert not folder.exists() or os.listdir(folder) == []
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nanogpt_ray.cli", "prepare", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_cli_prepares_shakespeare_char_and_bad_input_exits_2_with_one_line(shakespeare_path, tmp_path):
+    done = cli("shakespeare_char", f"--input={shakespeare_path}", f"--data_root={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert "1,003,854 train + 111,540 val tokens" in done.stdout
+    meta = json.loads((tmp_path / "shakespeare_char" / "meta.json").read_text())
+    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1_003_854, 111_540)
+    assert (tmp_path / "shakespeare_char" / "train.bin").stat().st_size == 2 * 1_003_854
+
+    failed = cli("text", f"--input={tmp_path}/nothing/*.jsonl", f"--data_root={tmp_path}")
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [
+        f"nanogpt-ray prepare: error: no input files match '{tmp_path}/nothing/*.jsonl'"]
+    failed = cli("shakespeare_char", f"--input={shakespeare_path}", "--val_fraction=1.5", f"--data_root={tmp_path}")
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+    assert "val_fraction=1.5 must be in (0, 1)" in failed.stderr
+
+
+def test_dataset_script_joins_a_running_cluster(ray_start_2_cpus, corpus, tmp_path):
+    """data/text/prepare.py as a user runs it, on the cluster this module started (--address)."""
+    address = ray_start_2_cpus.address_info["address"]
+    script = REPO_ROOT / "data" / "text" / "prepare.py"
+    done = subprocess.run([sys.executable, str(script), f"--input={corpus}/b.parquet", f"--data_root={tmp_path}",
+                           "--parallel=True", f"--address={address}", "--progress=False"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=150,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1,100 documents" in done.stdout and "tokens/s" in done.stdout
+    # --data_root given on the command line wins over the script's own folder
+    assert json.loads((tmp_path / "text" / "meta.json").read_text())["documents"] == 1100
