@@ -29,7 +29,6 @@ import urllib.request
 import numpy as np
 
 from .config import PrepareConfig, load_config, split_args
-from .data import token_dtype_for
 from .tokenizer import CharTokenizer
 
 OPENWEBTEXT_HF = "openwebtext"
@@ -38,6 +37,12 @@ PARALLEL_MIN_BYTES = 64 * 2**20  # parallel=None: below this, starting a local R
 
 class PrepareError(ValueError):
     """Bad input to prepare; one line."""
+
+
+def token_dtype_for(vocab_size: int) -> str:
+    """data.token_dtype_for's rule (uint16 whenever the vocabulary fits), restated so that prepare, and every
+    Ray tokenizer actor, runs without importing data.py's torch (200 MB and seconds per process)."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
 # ----------------------------------------------------------------------------- writing

@@ -356,3 +356,16 @@ def test_dataset_scripts_call_the_package():
     for name in ("shakespeare_char", "shakespeare", "openwebtext", "text"):
         script = (root / "data" / name / "prepare.py").read_text()
         assert f'"prepare", "{name}"' in script and len(script.splitlines()) < 15
+
+
+def test_prepare_keeps_the_loaders_dtype_rule_without_importing_torch():
+    import subprocess
+    import sys
+
+    from nanogpt_ray import data
+    from nanogpt_ray import prepare as prepare_module
+
+    for vocab in (65, 50257, 65536, 65537, 100277):
+        assert prepare_module.token_dtype_for(vocab) == data.token_dtype_for(vocab)
+    code = "import sys, nanogpt_ray.prepare; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
