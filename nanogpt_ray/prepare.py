@@ -322,8 +322,9 @@ def check_jsonl_field(path: str, cfg: PrepareConfig) -> None:
             if not line:
                 return
             if line.strip():
+                offset = f.tell() - len(line)  # where the first record starts, for the error messages
                 break
-    record = parse_json_line(decode(line, path, cfg.errors), path, 0)
+    record = parse_json_line(decode(line, path, cfg.errors, offset), path, offset)
     if not isinstance(record, dict) or cfg.field not in record:
         keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
         raise PrepareError(f"{path}: the first record has no field {cfg.field!r} (it has: {keys}); pass --field=")
