@@ -473,8 +473,25 @@ def tokenized_single(units: list[dict], job: dict):
         yield tokenize({key: [value] for key, value in unit.items()})
 
 
-def tokenized_ray(units: list[dict], job: dict, num_workers: int):
-    """The work on Ray Data: units -> map_batches(TokenizeUnits) on an actor pool -> batches in input order."""
+def actor_pool_size(num_workers: int, units: int, wait_s: float = 15.0) -> int:
+    """num_workers, or one tokenizer actor per CPU of the cluster, as far as CPUs are free. Ray Data waits forever
+    for CPUs that other actors hold, so a cluster with none free is an error rather than a hang. CPUs held by
+    the actors of a dataset that just finished come back within seconds: give them that long."""
+    import ray  # [ray]
+
+    total = int(ray.cluster_resources().get("CPU", 0))
+    wanted = max(1, min(units, num_workers or total))
+    deadline = time.monotonic() + wait_s
+    while (free := int(ray.available_resources().get("CPU", 0))) < min(wanted, total) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    if free < 1:
+        raise PrepareError(f"no free CPU on the Ray cluster ({total} CPUs, all held by other actors or tasks): "
+                           "free some, or tokenize here with --parallel=False")
+    return min(wanted, free) if not num_workers else wanted
+
+
+def tokenized_ray(units: list[dict], job: dict, size: int):
+    """The work on Ray Data: units -> map_batches(TokenizeUnits) on `size` actors -> batches in input order."""
     import ray  # [ray] only the parallel path needs Ray
 
     context = ray.data.DataContext.get_current()
@@ -482,7 +499,6 @@ def tokenized_ray(units: list[dict], job: dict, num_workers: int):
     context.execution_options.preserve_order = True  # [ray] output order = input order: bytes match one process
     context.enable_progress_bars = False  # ours counts units and tokens
     try:
-        size = min(len(units), num_workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
         remote_args = {}
         if os.environ.get("TIKTOKEN_CACHE_DIR"):  # offline BPE ranks, for workers of a cluster started elsewhere
             remote_args["runtime_env"] = {"env_vars": {"TIKTOKEN_CACHE_DIR": os.environ["TIKTOKEN_CACHE_DIR"]}}
@@ -515,7 +531,13 @@ def prepare_documents(cfg: PrepareConfig, paths: list[str]) -> dict:
             extra = {"include_dashboard": False} if local else {}
             ray.init(address=cfg.address or None, log_to_driver=False, **extra)  # [ray] a cluster, or a local one
             started_ray = True
-        batches = tokenized_ray(units, job, cfg.num_workers)
+        try:
+            size = actor_pool_size(cfg.num_workers, len(units))
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
+        batches = tokenized_ray(units, job, size)
     else:
         batches = tokenized_single(units, job)
 

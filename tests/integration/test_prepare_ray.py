@@ -113,3 +113,26 @@ def test_dataset_script_joins_a_running_cluster(ray_start_2_cpus, corpus, tmp_pa
     assert "1,100 documents" in done.stdout and "tokens/s" in done.stdout
     # --data_root given on the command line wins over the script's own folder
     assert json.loads((tmp_path / "text" / "meta.json").read_text())["documents"] == 1100
+
+
+def test_a_cluster_with_no_free_cpu_is_an_error_not_a_hang(ray_start_2_cpus, corpus, tmp_path):
+    import time
+
+    import ray
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ready(self):
+            return True
+
+    hog = Hog.remote()
+    try:
+        assert ray.get(hog.ready.remote(), timeout=60)
+        with pytest.raises(PrepareError, match=r"no free CPU on the Ray cluster \(2 CPUs.*--parallel=False"):
+            run(tmp_path, f"--input={corpus}/b.parquet", "--parallel=True")
+        assert os.listdir(tmp_path / "text") == []  # refused before any output was started
+    finally:
+        ray.kill(hog)
+        deadline = time.time() + 30
+        while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+            time.sleep(0.2)
