@@ -11,7 +11,16 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from .config import BenchConfig, ConfigError, ExportConfig, SampleConfig, TrainConfig, field_doc, load_config, split_args
+from .config import (
+    BenchConfig,
+    ConfigError,
+    ExportConfig,
+    SampleConfig,
+    TrainConfig,
+    field_doc,
+    load_config,
+    split_args,
+)
 
 USAGE = """usage: nanogpt-ray <command> [config files] [--key=value ...]
 

@@ -11,13 +11,13 @@ builds the TorchTrainer exactly as `nanogpt-ray train` does and forwards its rep
         tensorboard/      val and train loss per trial (`tensorboard --logdir ...`)
         trials/<trial>/   each trial's Ray Train run (checkpoints) and its out_dir
 
-The first half of the file is pure (configs, search spaces, results, fits, plots) and unit-tested without
-Ray; the Ray calls live in `train_driver_fn` and `run_sweep` below the second section rule.
+The first half of the file is pure (configs, search spaces, concurrency) and unit-tested without Ray; the
+Ray calls live in `train_driver_fn` and `run_sweep` below the section rule. What a sweep writes at the end
+(table, results.csv, best_config.py, plots, scaling-law fit) is computed in sweep_results.py.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -36,19 +36,27 @@ from .config import (
     model_preset,
     split_args,
 )
+from .sweep_results import (  # noqa: F401  (SweepError and the results helpers are part of this module's API)
+    METRIC,
+    TIME_ATTR,
+    SweepError,
+    TrialRecord,
+    best_per_size,
+    fit_scaling_law,
+    format_table,
+    human_count,
+    plot_learning_curves,
+    plot_lr_sweep,
+    plot_scaling_law,
+    scaling_law,
+    summarize,
+    write_best_config,
+    write_results_csv,
+    write_tensorboard,
+)
 
-METRIC = "val_loss"
-"""What ASHA and the results table rank trials by (reported by the train loop at eval points)."""
-TIME_ATTR = "iter"
-"""ASHA's clock: training iterations, as reported by the train loop."""
 DRIVER_CPUS = 0.01
 """CPU reserved for each trial's driver (Tune rejects 0); the Train workers reserve the real CPUs."""
-CSV_COLUMNS = ("rank", "trial", "learning_rate", "model_size", "params", "best_val_loss", "best_iter",
-               "iters_run", "max_iters", "stopped_early", "status", "checkpoint_path")
-
-
-class SweepError(ValueError):
-    """A sweep that cannot run as asked; one line that says why and what to change."""
 
 
 # ----------------------------------------------------------------------------- trials from the config
@@ -183,288 +191,6 @@ def trial_concurrency(sweep: SweepConfig, cluster: dict, n_trials: int, use_gpu:
     return limit
 
 
-# ----------------------------------------------------------------------------- results
-
-@dataclass
-class TrialRecord:
-    """What one trial did, read back from Tune: its parameters and every report it made."""
-
-    trial: str
-    params: dict
-    history: list[dict] = field(default_factory=list)
-    """Reported metrics in order (iter, loss, val_loss at eval points, checkpoint_path, ...)."""
-    max_iters: int = 0
-    n_params: int = 0
-    status: str = "done"
-    """'done', or 'error' when the trial failed."""
-
-    def val_points(self) -> list[tuple[int, float]]:
-        return [(int(r[TIME_ATTR]), float(r[METRIC])) for r in self.history
-                if _finite(r.get(METRIC)) and r.get(TIME_ATTR) is not None]
-
-    def best(self) -> tuple[int | None, float | None]:
-        points = self.val_points()
-        if not points:
-            return None, None
-        it, loss = min(points, key=lambda p: p[1])
-        return it, loss
-
-    def iters_run(self) -> int:
-        iters = [int(r[TIME_ATTR]) for r in self.history if r.get(TIME_ATTR) is not None and _finite(r.get(TIME_ATTR))]
-        return max(iters) if iters else 0
-
-    def stopped_early(self) -> bool:
-        return self.status == "done" and self.iters_run() < self.max_iters
-
-    def best_checkpoint(self) -> str:
-        """The checkpoint saved at the best eval, else the latest one that still exists."""
-        best_iter, _ = self.best()
-        paths = [(r.get(TIME_ATTR), r.get("checkpoint_path")) for r in self.history if isinstance(r.get("checkpoint_path"), str)]
-        for it, path in paths:
-            if it == best_iter and os.path.exists(path):
-                return path
-        for _, path in reversed(paths):
-            if os.path.exists(path):
-                return path
-        return ""
-
-
-def _finite(value) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def summarize(records: list[TrialRecord]) -> list[dict]:
-    """One row per trial, best val loss first; trials with no val loss (errors) last."""
-    rows = []
-    for rec in records:
-        best_iter, best_loss = rec.best()
-        rows.append(dict(trial=rec.trial, learning_rate=rec.params.get("learning_rate"),
-                         model_size=rec.params.get("model_size", ""), params=rec.n_params,
-                         best_val_loss=best_loss, best_iter=best_iter, iters_run=rec.iters_run(),
-                         max_iters=rec.max_iters, stopped_early=rec.stopped_early(), status=rec.status,
-                         checkpoint_path=rec.best_checkpoint()))
-    rows.sort(key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] if r["best_val_loss"] is not None else 0.0, r["trial"]))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    header = ("#", "trial", "lr", "size", "params", "best val", "@iter", "iters", "early", "status")
-    lines = [header]
-    for r in rows:
-        lr = r["learning_rate"]
-        loss = r["best_val_loss"]
-        lines.append((str(r["rank"]), r["trial"], f"{lr:.2e}" if lr is not None else "-", r["model_size"] or "-",
-                      _human(r["params"]), f"{loss:.4f}" if loss is not None else "-",
-                      str(r["best_iter"]) if r["best_iter"] is not None else "-", f"{r['iters_run']}/{r['max_iters']}",
-                      "yes" if r["stopped_early"] else "no", r["status"]))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def _human(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
-
-
-def write_results_csv(rows: list[dict], path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
-    return path
-
-
-def read_results_csv(path: str) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_best_config(cfg: TrainConfig, path: str, comment: str = "") -> str:
-    """cfg as a training config file (`key = value`), every value that differs from TrainConfig's defaults."""
-    defaults = TrainConfig()
-    lines = ['"""Best trial of a nanogpt-ray sweep. Train it: nanogpt-ray train <this file>"""', ""]
-    if comment:
-        lines += [f"# {line}" for line in comment.splitlines()] + [""]
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        if f.name in PATH_KEYS and value:
-            value = os.path.abspath(os.path.expanduser(value))  # the file may be run from anywhere
-        elif value == getattr(defaults, f.name):
-            continue
-        doc = field_doc(TrainConfig, f.name).split(". ")[0].rstrip(".")
-        lines.append(f"{f.name} = {value!r}" + (f"  # {doc}" if doc else ""))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
-
-
-def fit_scaling_law(n_params, losses) -> tuple[float, float, float]:
-    """Least-squares fit of L(N) = a * N^-alpha + c; returns (a, alpha, c). numpy only.
-
-    For a fixed alpha the model is linear in (a, c), so we solve that exactly and search alpha alone:
-    a log-spaced scan, then golden-section refinement around the best scan point.
-    """
-    import numpy as np
-
-    n = np.asarray(n_params, dtype=np.float64)
-    y = np.asarray(losses, dtype=np.float64)
-    if n.shape != y.shape or n.size < 3:
-        raise SweepError(f"a scaling-law fit needs >= 3 (params, loss) points, got {n.size}")
-    if np.any(n <= 0) or not np.all(np.isfinite(y)):
-        raise SweepError("a scaling-law fit needs positive parameter counts and finite losses")
-    n0 = float(np.exp(np.mean(np.log(n))))  # scale N so N^-alpha stays well-conditioned
-
-    def solve(alpha: float):
-        x = (n / n0) ** -alpha
-        design = np.stack([x, np.ones_like(x)], axis=1)
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        sse = float(np.sum((design @ coef - y) ** 2))
-        return sse, float(coef[0]), float(coef[1])
-
-    alphas = np.logspace(-4, np.log10(5.0), 400)
-    sses = [solve(a)[0] for a in alphas]
-    i = int(np.argmin(sses))
-    lo, hi = alphas[max(i - 1, 0)], alphas[min(i + 1, len(alphas) - 1)]
-    golden = (math.sqrt(5) - 1) / 2
-    for _ in range(100):
-        m1, m2 = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        if solve(m1)[0] < solve(m2)[0]:
-            hi = m2
-        else:
-            lo = m1
-    alpha = (lo + hi) / 2
-    _, a_scaled, c = solve(alpha)
-    return a_scaled * n0 ** alpha, float(alpha), c
-
-
-def scaling_law(n: float, a: float, alpha: float, c: float) -> float:
-    return a * n ** -alpha + c
-
-
-def best_per_size(rows: list[dict]) -> list[tuple[str, int, float]]:
-    """(size, params, lowest val loss over all lrs) per model size, smallest model first."""
-    best: dict[str, tuple[int, float]] = {}
-    for r in rows:
-        if r["best_val_loss"] is None or not r["model_size"]:
-            continue
-        if r["model_size"] not in best or r["best_val_loss"] < best[r["model_size"]][1]:
-            best[r["model_size"]] = (int(r["params"]), float(r["best_val_loss"]))
-    return sorted(((s, p, l) for s, (p, l) in best.items()), key=lambda t: t[1])
-
-
-# ----------------------------------------------------------------------------- plots and TensorBoard
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_lr_sweep(rows: list[dict], path: str) -> str:
-    """Best val loss against learning rate, one line per model size (log x axis)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sizes = sorted({r["model_size"] or "base" for r in rows})
-    for size in sizes:
-        pts = sorted((r["learning_rate"], r["best_val_loss"]) for r in rows
-                     if (r["model_size"] or "base") == size and r["best_val_loss"] is not None and r["learning_rate"])
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=size)
-            early = [(r["learning_rate"], r["best_val_loss"]) for r in rows if (r["model_size"] or "base") == size
-                     and r["stopped_early"] and r["best_val_loss"] is not None and r["learning_rate"]]
-            if early:
-                ax.scatter([p[0] for p in early], [p[1] for p in early], marker="x", color="k", zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("best val loss")
-    ax.set_title("val loss vs learning rate (x: stopped early)")
-    ax.legend(title="model size")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_learning_curves(records: list[TrialRecord], path: str) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for rec in records:
-        pts = rec.val_points()
-        if pts:
-            lr = rec.params.get("learning_rate")
-            label = f"{rec.params.get('model_size', '') or 'base'} lr={lr:.1e}" if lr else rec.trial
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("val loss")
-    ax.set_title("learning curves of all trials")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_scaling_law(points: list[tuple[str, int, float]], fit: tuple[float, float, float], path: str) -> str:
-    import numpy as np
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    n = np.array([p[1] for p in points], dtype=float)
-    ax.scatter(n, [p[2] for p in points], zorder=3)
-    for size, params, loss in points:
-        ax.annotate(size, (params, loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    grid = np.logspace(np.log10(n.min()) - 0.3, np.log10(n.max()) + 0.3, 100)
-    a, alpha, c = fit
-    ax.plot(grid, [scaling_law(x, a, alpha, c) for x in grid], label=f"L(N) = {a:.3g}·N^-{alpha:.3f} + {c:.3f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters N")
-    ax.set_ylabel("best val loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def write_tensorboard(records: list[TrialRecord], log_dir: str) -> str:
-    """One TensorBoard run per trial: val_loss and train loss against training iterations."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    for rec in records:
-        run_dir = os.path.join(log_dir, rec.trial)
-        if os.path.isdir(run_dir):  # written by an earlier pass (resume): rewrite, do not duplicate points
-            import shutil
-
-            shutil.rmtree(run_dir)
-        writer = SummaryWriter(run_dir)
-        for r in rec.history:
-            it = r.get(TIME_ATTR)
-            if it is None or not _finite(it):
-                continue
-            for key in (METRIC, "loss", "lr"):
-                if _finite(r.get(key)):
-                    writer.add_scalar(key, float(r[key]), int(it))
-        hparams = {k: v for k, v in rec.params.items() if isinstance(v, (int, float, str, bool))}
-        best = rec.best()[1]
-        if hparams and best is not None:
-            writer.add_hparams(hparams, {"hparam/best_val_loss": best}, run_name=".")
-        writer.close()
-    return log_dir
-
-
 # ============================================================================= Ray below this line
 
 def train_driver_fn(config: dict, base: dict | None = None, settings: dict | None = None) -> None:
@@ -595,8 +321,15 @@ def records_from_results(result_grid, base: TrainConfig) -> list[TrialRecord]:
         records.append(TrialRecord(trial=trial, params=params, history=history,
                                    max_iters=int(params.get("max_iters", base.max_iters)),
                                    n_params=count_params(shape["n_layer"], shape["n_embd"], vocab, base.bias),
-                                   status="error" if result.error else "done"))
+                                   status="error" if result.error else "done", error=_error_line(result.error)))
     return records
+
+
+def _error_line(error) -> str:
+    if not error:
+        return ""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
 
 
 def _keep(value) -> bool:
@@ -647,7 +380,7 @@ def write_report(sweep: SweepConfig, base: TrainConfig, records: list[TrialRecor
             print(f"scaling law: L(N) = {a:.4g} * N^-{alpha:.4f} + {c:.4f}   (fit to {len(points)} sizes, "
                   f"{sweep.token_budget or base.tokens_per_iter() * base.max_iters} tokens each)")
             for size, n, loss in points:
-                print(f"  {size:12s} N={_human(n):>8s}  best val {loss:.4f}  fit {scaling_law(n, a, alpha, c):.4f}")
+                print(f"  {size:12s} N={human_count(n):>8s}  best val {loss:.4f}  fit {scaling_law(n, a, alpha, c):.4f}")
             report.plots.append(plot_scaling_law(points, report.scaling_fit, os.path.join(plots_dir, "scaling_law.png")))
     tb_dir = write_tensorboard(records, os.path.join(sweep_dir, "tensorboard"))
     print(f"results: {report.results_csv}\nplots: {plots_dir}\ntensorboard: tensorboard --logdir {tb_dir}")

@@ -5,9 +5,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash jobs/setup.sh || exit 1
 # Tests run offline: the GPT-2 BPE ranks and tiny Shakespeare come from ../shared/data when present.
-shared="$root/../shared/data"
-[ -d "$shared/tiktoken_cache" ] && export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$shared/tiktoken_cache}"
-[ -f "$shared/tinyshakespeare/input.txt" ] && export SHAKESPEARE_INPUT="${SHAKESPEARE_INPUT:-$shared/tinyshakespeare/input.txt}"
+shared="$(cd "$root/../shared/data" 2>/dev/null && pwd)"
+[ -n "$shared" ] && [ -d "$shared/tiktoken_cache" ] && export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$shared/tiktoken_cache}"
+[ -n "$shared" ] && [ -f "$shared/tinyshakespeare/input.txt" ] && export SHAKESPEARE_INPUT="${SHAKESPEARE_INPUT:-$shared/tinyshakespeare/input.txt}"
 export RAY_USAGE_STATS_ENABLED=0 WANDB_MODE=offline HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest "${@:-tests}" -p no:cacheprovider
 rc=$?

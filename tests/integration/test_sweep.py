@@ -219,5 +219,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_root, 
     with open(os.path.join(sweep_dir, "results.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
-    assert all(int(r["iters_run"]) == 40 and r["status"] == "done" for r in rows), rows
+    summary = [(r["trial"], r["status"], r["iters_run"], r["error"]) for r in rows]
+    assert all(int(r["iters_run"]) == 40 and r["status"] == "done" for r in rows), \
+        f"{summary}\n{log_path.read_text()[-6000:]}"
     assert "resuming sweep" in log_path.read_text()

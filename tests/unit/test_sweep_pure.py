@@ -1,4 +1,4 @@
-"""The pure half of nanogpt_ray.sweep: presets, search spaces, results, best config, scaling-law fit. No Ray."""
+"""The pure parts of nanogpt_ray.sweep and sweep_results: presets, search spaces, results, best config, scaling-law fit. No Ray."""
 
 import dataclasses
 import math
@@ -9,22 +9,24 @@ import pytest
 
 from nanogpt_ray.config import MODEL_PRESETS, ConfigError, SweepConfig, TrainConfig, load_config
 from nanogpt_ray.sweep import (
-    SweepError,
-    TrialRecord,
     base_train_config,
     count_params,
-    fit_scaling_law,
-    format_table,
     load_sweep,
     num_trials,
+    search_axes,
+    trial_concurrency,
+    trial_train_config,
+)
+from nanogpt_ray.sweep_results import (
+    SweepError,
+    TrialRecord,
+    fit_scaling_law,
+    format_table,
     plot_learning_curves,
     plot_lr_sweep,
     plot_scaling_law,
     read_results_csv,
-    search_axes,
     summarize,
-    trial_concurrency,
-    trial_train_config,
     write_best_config,
     write_results_csv,
 )
@@ -143,7 +145,8 @@ def test_results_sorted_by_best_val_loss_and_early_stops_flagged(tmp_path):
         _record("a", 1e-4, "tiny", [4.0, 3.5, 3.2, 3.1]),
         _record("b", 1e-3, "tiny", [4.0, 2.9, 2.5, 2.6]),  # best at iter 20, not the last eval
         _record("c", 1e-1, "mini", [4.0, 3.9]),  # stopped at iter 10 of 30
-        TrialRecord(trial="d", params={"learning_rate": 1.0, "model_size": "mini"}, status="error", max_iters=30),
+        TrialRecord(trial="d", params={"learning_rate": 1.0, "model_size": "mini"}, status="error", max_iters=30,
+                    error="RuntimeError: worker died"),
     ]
     rows = summarize(records)
     assert [r["trial"] for r in rows] == ["b", "a", "c", "d"]
@@ -151,12 +154,14 @@ def test_results_sorted_by_best_val_loss_and_early_stops_flagged(tmp_path):
     assert [r["stopped_early"] for r in rows] == [False, False, True, False]
     assert rows[2]["iters_run"] == 10
     assert rows[3]["best_val_loss"] is None and rows[3]["status"] == "error"
+    assert rows[3]["error"] == "RuntimeError: worker died" and rows[0]["error"] == ""
     table = format_table(rows)
     assert table.splitlines()[1].split()[1] == "b"
     path = write_results_csv(rows, str(tmp_path / "results.csv"))
     back = read_results_csv(path)
     assert [r["trial"] for r in back] == ["b", "a", "c", "d"]
     assert float(back[0]["best_val_loss"]) == 2.5 and back[2]["stopped_early"] == "True"
+    assert back[3]["error"] == "RuntimeError: worker died"
     plots = [plot_lr_sweep(rows, str(tmp_path / "lr.png")), plot_learning_curves(records, str(tmp_path / "curves.png"))]
     for p in plots:
         assert os.path.getsize(p) > 1000
