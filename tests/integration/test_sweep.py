@@ -176,6 +176,35 @@ def result_files(sweep_dir: str) -> dict[str, bytes]:
     return out
 
 
+def kill_session(session_id: int) -> None:
+    """SIGKILL every process of a session, as a crash of the machine running it would.
+
+    Killing the process group is not enough: Ray starts each worker (trial drivers, Train controllers and
+    workers) in a process group of its own, and orphaned workers may keep writing to the sweep's storage for
+    a moment after their raylet died.
+    """
+    for _ in range(50):
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[3]) == session_id and fields[0] != "Z":  # field 6 of stat: session id
+                    pids.append(int(entry))
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"processes of session {session_id} survive SIGKILL: {pids}")
+
+
 def sweep_cli(args, log_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, not the test's
     env.update(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.1", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
@@ -203,7 +232,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_root, 
         assert driver.poll() is None, "the sweep ended before it could be interrupted:\n" + log_path.read_text()[-3000:]
         assert finished, "no trial finished in time:\n" + log_path.read_text()[-3000:]
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a crash would
+        kill_session(driver.pid)  # the driver and the local Ray it started (start_new_session: sid == its pid)
         driver.wait()
     statuses = trial_statuses(sweep_dir)
     finished = sorted(t for t, s in statuses.items() if s == "TERMINATED")
