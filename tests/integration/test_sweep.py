@@ -140,6 +140,24 @@ def test_written_best_config_loads_and_trains(asha_sweep, tmp_path):
     assert os.path.exists(tmp_path / "out" / "ckpt.pt")
 
 
+@pytest.mark.timeout(600)
+def test_scaling_law_mode_trains_every_size_on_the_token_budget_and_fits(ray_start_2_cpus, data_root, tmp_path, capsys):
+    tokens_per_iter = TRAIN["batch_size"] * TRAIN["block_size"]  # accumulation 1, one worker
+    sweep = SweepConfig(train_overrides=dict(TRAIN, data_root=data_root), learning_rates=[3e-3],
+                        model_sizes=["tiny", "mini", "small"], scaling_law=True, token_budget=25 * tokens_per_iter,
+                        workers_per_trial=1, cpus_per_worker=0.99, storage_path=str(tmp_path), sweep_name="scaling")
+    report = run_sweep(sweep)
+    assert sorted(r["model_size"] for r in report.rows) == ["mini", "small", "tiny"]
+    assert all(r["status"] == "done" and r["iters_run"] == 25 and not r["stopped_early"] for r in report.rows), report.rows
+    a, alpha, c = report.scaling_fit
+    assert all(math.isfinite(v) for v in (a, alpha, c)) and alpha > 0
+    assert [r["params"] for r in sorted(report.rows, key=lambda r: r["params"])] == \
+        [r["params"] for r in sorted(report.rows, key=lambda r: ["tiny", "mini", "small"].index(r["model_size"]))]
+    out = capsys.readouterr().out
+    assert "scaling law: L(N) = " in out and "ASHA is off" in out
+    assert os.path.getsize(os.path.join(report.sweep_dir, "plots", "scaling_law.png")) > 1000
+
+
 @pytest.mark.timeout(120)
 def test_more_workers_per_trial_than_the_cluster_holds_fails_before_starting(ray_start_2_cpus, data_root, tmp_path):
     sweep = SweepConfig(train_overrides=dict(TRAIN, data_root=data_root, gradient_accumulation_steps=3),
