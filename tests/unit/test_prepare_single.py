@@ -13,8 +13,9 @@ import tiktoken
 import torch
 
 from nanogpt_ray.config import ConfigError, PrepareConfig, load_config
+from nanogpt_ray.corpus import read_range
 from nanogpt_ray.data import get_batch, load_split
-from nanogpt_ray.prepare import PrepareError, in_val, prepare, prepare_main, read_range
+from nanogpt_ray.prepare import PrepareError, in_val, prepare, prepare_main
 from nanogpt_ray.tokenizer import CharTokenizer, read_meta
 
 GPT2_EOT = 50256
