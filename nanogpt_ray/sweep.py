@@ -229,7 +229,23 @@ def _init_ray(sweep: SweepConfig) -> None:
     if address == "local":
         # the dashboard must run: without it, trials that ASHA stops leak their placement groups
         kwargs["include_dashboard"] = True
+        _warn_other_ray_instances()
     ray.init(address=address, **kwargs)
+
+
+def _warn_other_ray_instances() -> None:
+    """Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails when two Ray instances
+    run on one machine: placement groups of finished trials then leak and later trials wait for CPUs forever."""
+    try:
+        from ray._private.services import find_gcs_addresses  # private, so only ever a warning
+
+        others = sorted(find_gcs_addresses())
+    except Exception:
+        return
+    if others:
+        print(f"warning: another Ray instance runs on this machine ({', '.join(others)}); with two, Ray Train cannot "
+              f"clean up finished trials and the sweep may stall: pass --address={others[0]} to use it, or stop it",
+              file=sys.stderr)
 
 
 def _tune_space(axes: dict[str, tuple]) -> dict:
