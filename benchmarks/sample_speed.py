@@ -72,11 +72,11 @@ def time_actors(num_actors, batch, new_tokens, context_shift):
                         os.path.join(tmp, "out", "ckpt.pt"))
         cfg = SampleConfig(out_dir=os.path.join(tmp, "out"), data_root=os.path.join(tmp, "data"), num_samples=1,
                            max_new_tokens=new_tokens, temperature=1.0, top_k=200, device="cpu", batch_size=batch,
-                           num_actors=num_actors)
+                           num_actors=num_actors, context_shift=context_shift)
         started = not ray.is_initialized()
         if started:
             ray.init(num_cpus=num_actors, include_dashboard=False, log_to_driver=False)
-        actors = start_sampler_actors(cfg, context_shift=context_shift)
+        actors = start_sampler_actors(cfg)
         try:
             sample_prompts(["\n"] * num_actors, cfg, actors=actors)  # warm up every actor
             prompts = [{"id": i, "prompt": "\n"} for i in range(num_actors * batch)]

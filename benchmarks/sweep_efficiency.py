@@ -56,15 +56,10 @@ def sweep_config(args, lrs: list[float], scheduler: str, name: str) -> SweepConf
 
 
 def run(args, lrs: list[float], scheduler: str) -> dict:
-    import ray
+    from nanogpt_ray.sweep import run_sweep
 
-    from nanogpt_ray.sweep import base_train_config, num_trials, run_sweep, search_axes, trial_concurrency
-
-    name = f"{scheduler}-{int(time.time())}"
-    sweep = sweep_config(args, lrs, scheduler, name)
-    concurrency = trial_concurrency(sweep, ray.cluster_resources(), num_trials(search_axes(sweep, base_train_config(sweep)), 1))
     start = time.time()
-    report = run_sweep(sweep)
+    report = run_sweep(sweep_config(args, lrs, scheduler, f"{scheduler}-{int(time.time())}"))
     elapsed = time.time() - start
     rows = report.rows
     errors = [r for r in rows if r["status"] != "done"]
@@ -74,7 +69,7 @@ def run(args, lrs: list[float], scheduler: str) -> dict:
     return dict(scheduler=scheduler, iterations=sum(r["iters_run"] for r in rows), best_val_loss=best["best_val_loss"],
                 best_lr=best["learning_rate"], wall_s=round(elapsed, 1), stopped_early=sum(r["stopped_early"] for r in rows),
                 per_trial={r["learning_rate"]: (r["iters_run"], r["best_val_loss"]) for r in rows},
-                sweep_dir=report.sweep_dir, concurrency=concurrency)
+                sweep_dir=report.sweep_dir, concurrency=report.concurrency)
 
 
 def grid_curves(sweep_dir: str) -> dict[float, dict[int, float]]:

@@ -199,14 +199,14 @@ IN_FLIGHT_PER_ACTOR = 2  # the next batch waits on the actor while the driver wr
 class SamplerActor:
     """Loads the model and tokenizer once (sample.load_sampler), then turns planned batches into result rows."""
 
-    def __init__(self, config: dict, context_shift: int = 0):
+    def __init__(self, config: dict):
         self.init_error = None
         try:
             cfg = from_dict(SampleConfig, config)
             self.sampler = load_sampler(cfg)
             self.block_size = self.sampler.model.config.block_size
             self.truncate = cfg.truncate
-            self.context_shift = context_shift or cfg.context_shift  # see GPT.generate
+            self.context_shift = cfg.context_shift  # see GPT.generate
         except ValueError as e:  # CheckpointError, SampleError, TokenizerError, ConfigError: the user's to fix
             self.init_error = str(e)
 
@@ -247,12 +247,11 @@ def plan_sampler_actors(cfg: SampleConfig, resources: dict) -> tuple[int, dict]:
     return (cfg.num_actors or auto), options
 
 
-def start_sampler_actors(cfg: SampleConfig, ready_timeout_s: float = 300.0, context_shift: int = 0) -> list:
-    """Start the actors and wait until each has its model; a user error while loading is one line.
-    context_shift > 0: the faster, inexact window past block_size (GPT.generate); 0 is nanoGPT's."""
+def start_sampler_actors(cfg: SampleConfig, ready_timeout_s: float = 300.0) -> list:
+    """Start the actors and wait until each has its model; a user error while loading is one line."""
     num_actors, options = plan_sampler_actors(cfg, ray.cluster_resources())  # [ray]
     config = _sampler_config(cfg)
-    actors = [SamplerActor.options(**options).remote(config, context_shift) for _ in range(num_actors)]  # [ray]
+    actors = [SamplerActor.options(**options).remote(config) for _ in range(num_actors)]  # [ray]
     try:
         ready, pending = ray.wait([a.ready.remote() for a in actors], num_returns=len(actors),
                                   timeout=ready_timeout_s)  # [ray]

@@ -227,10 +227,10 @@ def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, tr
         x = x.to(device)
         generators = [torch.Generator(device=device).manual_seed(generator_seed(r.seed, r.sample)) for r in good]
         padded = len(set(lengths)) > 1
-        extra = {"context_shift": context_shift} if context_shift else {}
         with ctx if ctx is not None else contextlib.nullcontext():
             y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               prompt_lengths=lengths if padded else None, generators=generators, **extra)
+                               prompt_lengths=lengths if padded else None, generators=generators,
+                               context_shift=context_shift)
         new = y[:, x.size(1):].tolist()
         for r, ids in zip(good, new):
             results[r.key()] = result_row(r, decode(tokenizer, ids), len(ids))

@@ -23,6 +23,7 @@ import torch
 from .config import BenchConfig, from_dict, to_dict
 from .data import check_block_size, get_batch, load_split
 from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
+from .files import atomic_write_text
 from .model import GPT, GPTConfig, default_peak_flops, measure_matmul_flops, peak_flops_for_device
 from .tokenizer import read_meta
 
@@ -237,12 +238,7 @@ def print_row(row: dict) -> None:
 
 def write_json(path: str, rows: list[dict]) -> None:
     """The rows as a JSON list of objects, written to a temporary name and renamed into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(rows, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
     print(f"wrote {len(rows)} row(s) to {path}")
 
 

@@ -7,11 +7,11 @@ so a checkpoint moves both ways between nanoGPT and nanogpt-ray; our extra resum
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 
 from .config import GPT2_PRESETS
+from .files import atomic_open
 from .model import GPT, GPTConfig, to_hf_state_dict
 
 CKPT_NAME = "ckpt.pt"
@@ -40,19 +40,8 @@ def clean_state_dict(state: dict) -> dict:
 def save_checkpoint(ckpt: dict, path: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`: a kill at any moment
     leaves either the old checkpoint or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        torch.save(ckpt, f)
 
 
 def checkpoint_file(path: str) -> str:

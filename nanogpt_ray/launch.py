@@ -197,7 +197,26 @@ def connect(cfg: TrainConfig) -> bool:
     if ray.is_initialized():
         return False
     ray.init(address=cfg.address or None)  # None: RAY_ADDRESS if set, else a new local cluster
+    warn_about_other_ray_instances()
     return True
+
+
+def warn_about_other_ray_instances() -> None:
+    """Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails when two Ray instances
+    run on one machine: placement groups of finished runs (or sweep trials) then leak and later ones wait for
+    CPUs forever. Say so once, at connect time."""
+    import ray
+
+    try:
+        from ray._private.services import find_gcs_addresses  # private, so only ever a warning
+
+        others = sorted(set(find_gcs_addresses()) - {ray.get_runtime_context().gcs_address})
+    except Exception:
+        return
+    if others:
+        print(f"warning: another Ray instance runs on this machine ({', '.join(others)}); with two, Ray Train cannot "
+              f"clean up finished runs and later ones may wait forever: pass --address={others[0]} to use it, or "
+              "stop it", file=sys.stderr)
 
 
 def train(cfg: TrainConfig):

@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import PrepareConfig, load_config, split_args
 from .corpus import PrepareError, decode, documents_of_unit, expand_inputs, plan_units
+from .files import atomic_write_text, open_temp_beside
 from .tokenizer import CharTokenizer
 
 OPENWEBTEXT_HF = "openwebtext"
@@ -51,9 +52,7 @@ class SplitWriter:
         self.out_dir, self.dtype = out_dir, np.dtype(dtype)
         self.tmp, self.files = {}, {}
         for split in ("train", "val"):
-            fd, self.tmp[split] = tempfile.mkstemp(dir=out_dir, prefix=f".{split}.bin.", suffix=".partial")
-            _default_mode(fd)
-            self.files[split] = os.fdopen(fd, "wb")
+            self.files[split], self.tmp[split] = open_temp_beside(os.path.join(out_dir, f"{split}.bin"))
         self.counts = {"train": 0, "val": 0}
 
     def write(self, split: str, tokens) -> None:
@@ -78,26 +77,6 @@ class SplitWriter:
             f.close()
             if os.path.exists(self.tmp[split]):
                 os.unlink(self.tmp[split])
-
-
-def _default_mode(fd: int) -> None:
-    """mkstemp makes 0600 files; finished outputs get the usual 0666 & ~umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".partial")
-    _default_mode(fd)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def check_writable(out_dir: str) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .bench import DEFAULT_VOCAB_SIZE, BenchError, bench_data, format_bytes, peak_flops_and_source, peak_memory
 from .config import BenchConfig, TrainConfig, to_dict
+from .files import atomic_open
 from .launch import DEFAULT_HEALTH_CHECK_INTERVAL_S, check_cluster, worker_resources
 from .train_loop import RayReporter, train_loop_per_worker
 
@@ -73,10 +74,8 @@ def write_synthetic_dataset(dataset_dir: str, seed: int, vocab_size: int = DEFAU
         path = os.path.join(dataset_dir, name)
         if os.path.exists(path):
             continue
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:  # several workers may write the same file: each renames a whole one
             f.write(payload)
-        os.replace(tmp, path)
 
 
 def scaling_worker(config: dict) -> None:

@@ -219,7 +219,7 @@ def _init_ray(sweep: SweepConfig) -> None:
 
     if ray.is_initialized():
         return
-    from .launch import DEFAULT_HEALTH_CHECK_INTERVAL_S, WORKER_ENV_VARS
+    from .launch import DEFAULT_HEALTH_CHECK_INTERVAL_S, WORKER_ENV_VARS, warn_about_other_ray_instances
 
     # each trial's driver runs in a Tune actor: what its Train controller and workers read must travel with the job
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
@@ -229,23 +229,8 @@ def _init_ray(sweep: SweepConfig) -> None:
     if address == "local":
         # the dashboard must run: without it, trials that ASHA stops leak their placement groups
         kwargs["include_dashboard"] = True
-        _warn_other_ray_instances()
     ray.init(address=address, **kwargs)
-
-
-def _warn_other_ray_instances() -> None:
-    """Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails when two Ray instances
-    run on one machine: placement groups of finished trials then leak and later trials wait for CPUs forever."""
-    try:
-        from ray._private.services import find_gcs_addresses  # private, so only ever a warning
-
-        others = sorted(find_gcs_addresses())
-    except Exception:
-        return
-    if others:
-        print(f"warning: another Ray instance runs on this machine ({', '.join(others)}); with two, Ray Train cannot "
-              f"clean up finished trials and the sweep may stall: pass --address={others[0]} to use it, or stop it",
-              file=sys.stderr)
+    warn_about_other_ray_instances()
 
 
 def _tune_space(axes: dict[str, tuple]) -> dict:
@@ -267,6 +252,8 @@ class SweepReport:
     results_csv: str = ""
     plots: list[str] = field(default_factory=list)
     scaling_fit: tuple | None = None
+    concurrency: int = 0
+    """Trials that ran at once (derived from the cluster when the sweep started)."""
 
 
 def run_sweep(sweep: SweepConfig) -> SweepReport:
@@ -322,7 +309,9 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
         )
     result_grid = tuner.fit()
     records = records_from_results(result_grid, base)
-    return write_report(sweep, base, records, sweep_dir)
+    report = write_report(sweep, base, records, sweep_dir)
+    report.concurrency = concurrency
+    return report
 
 
 def records_from_results(result_grid, base: TrainConfig) -> list[TrialRecord]:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from .config import PATH_KEYS, TrainConfig, field_doc
+from .files import atomic_open, atomic_write_text
 
 METRIC = "val_loss"
 """What ASHA and the results table rank trials by (reported by the train loop at eval points)."""
@@ -120,8 +121,7 @@ def human_count(n: int) -> str:
 
 
 def write_results_csv(rows: list[dict], path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
@@ -148,9 +148,7 @@ def write_best_config(cfg: TrainConfig, path: str, comment: str = "") -> str:
             continue
         doc = field_doc(TrainConfig, f.name).split(". ")[0].rstrip(".")
         lines.append(f"{f.name} = {value!r}" + (f"  # {doc}" if doc else ""))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 

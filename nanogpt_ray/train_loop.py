@@ -38,6 +38,7 @@ from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from
 from .config import GPT2_PRESETS, TrainConfig, from_dict, to_dict
 from .data import check_block_size, get_batch, load_split
 from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
+from .files import atomic_copy
 from .model import GPT, GPTConfig
 from .tokenizer import read_meta
 
@@ -402,11 +403,8 @@ def train(config: dict, reporter: Reporter) -> Reporter:
                 reporter.wait_committed()  # out_dir/ckpt.pt appears only once Ray has the same checkpoint
             if master_process:
                 # the latest good checkpoint also lands in out_dir, so `sample --init_from=resume` works as in
-                # nanoGPT: copied to a temporary name in out_dir, then renamed, so a kill never leaves half a file
-                fd, tmp_path = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=cfg.out_dir)
-                os.close(fd)
-                shutil.copyfile(os.path.join(tmp_dir, CKPT_NAME), tmp_path)
-                os.replace(tmp_path, os.path.join(cfg.out_dir, CKPT_NAME))
+                # nanoGPT (atomically: a kill never leaves half a file)
+                atomic_copy(os.path.join(tmp_dir, CKPT_NAME), os.path.join(cfg.out_dir, CKPT_NAME))
         finally:
             if tmp_dir:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
