@@ -16,8 +16,11 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     "${pip[@]}" torch
   else
-    # A plain `torch` would pull several GB of CUDA packages on a machine that cannot use them.
-    "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}" --extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+    # A plain `torch` would pull several GB of CUDA packages on a machine that cannot use them. The pinned
+    # CPU wheel (+cpu, a local version PyPI never has) comes from pip's own sources first (a local wheel folder answers at once); only when
+    # they lack it is PyTorch's CPU index asked (unreachable offline, where pip would retry it per package).
+    "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}+cpu" 2>/dev/null ||
+      "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}" --extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
   fi
 fi
 
