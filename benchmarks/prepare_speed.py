@@ -116,8 +116,8 @@ class PeakMemory(threading.Thread):
 
 def child(args) -> None:
     sys.path.insert(0, str(REPO))
+    from nanogpt_ray.cluster.prepare import prepare
     from nanogpt_ray.config import PrepareConfig, load_config
-    from nanogpt_ray.prepare import prepare
 
     memory = PeakMemory()
     memory.start()

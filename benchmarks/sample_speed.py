@@ -8,7 +8,7 @@ random weights (speed does not depend on them), 500 new tokens from a one-token 
 500 new tokens outgrow ctx 256. Past block_size nanoGPT crops to the last 256 tokens every step; with learned
 absolute positions that changes every kept token's keys and values, so an exact KV cache has to re-prefill
 256 tokens per step (rows "exact window"): the cache only helps for the first 255 tokens. Rows with
-"shift N" use GPT.generate(context_shift=N): when the window is full it jumps N tokens at once and the cache
+"shift N" use engine.generate(context_shift=N): when the window is full it jumps N tokens at once and the cache
 is rebuilt once per N tokens (llama.cpp's context shift): tokens past block_size differ from nanoGPT's.
 
 Every single-process row runs with --threads torch threads (default 1, like one Ray actor on one CPU): on a
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from nanogpt_ray.engine import generate  # noqa: E402
 from nanogpt_ray.model import GPT, GPTConfig  # noqa: E402
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False, dropout=0.0)
@@ -41,10 +42,10 @@ def build_model(seed=0):
 def time_generate(model, batch, new_tokens, use_cache, context_shift=0, top_k=200):
     """Generated tokens per second of one generate call (all rows), after a short warm-up."""
     x = torch.zeros(batch, 1, dtype=torch.long)
-    model.generate(x, 4, top_k=top_k, use_cache=use_cache)  # warm up kernels and allocator
+    generate(model, x, 4, top_k=top_k, use_cache=use_cache)  # warm up kernels and allocator
     generators = [torch.Generator().manual_seed(i) for i in range(batch)]
     t0 = time.perf_counter()
-    model.generate(x, new_tokens, top_k=top_k, use_cache=use_cache, context_shift=context_shift,
+    generate(model, x, new_tokens, top_k=top_k, use_cache=use_cache, context_shift=context_shift,
                    generators=generators)
     dt = time.perf_counter() - t0
     return batch * new_tokens / dt, dt
@@ -55,8 +56,8 @@ def time_actors(num_actors, batch, new_tokens, context_shift):
     num_actors x batch prompts, one batch per actor, from a random-weight checkpoint."""
     import ray
 
-    from nanogpt_ray.actors import sample_prompts, start_sampler_actors, stop_actors
     from nanogpt_ray.checkpoint import save_checkpoint
+    from nanogpt_ray.cluster.sampling import sample_prompts, start_sampler_actors, stop_actors
     from nanogpt_ray.config import SampleConfig
     from nanogpt_ray.tokenizer import CharTokenizer
 

@@ -56,7 +56,7 @@ def sweep_config(args, lrs: list[float], scheduler: str, name: str) -> SweepConf
 
 
 def run(args, lrs: list[float], scheduler: str) -> dict:
-    from nanogpt_ray.sweep import run_sweep
+    from nanogpt_ray.cluster.tune import run_sweep
 
     start = time.time()
     report = run_sweep(sweep_config(args, lrs, scheduler, f"{scheduler}-{int(time.time())}"))

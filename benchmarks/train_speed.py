@@ -62,8 +62,8 @@ def overhead(args, data_root: pathlib.Path, work: pathlib.Path) -> dict:
     # Ray runs a 1-CPU worker with OMP_NUM_THREADS=1; give the bare loop the same thread count, or the comparison
     # measures thread oversubscription (on a busy 2-core machine 2 threads ran 4x slower than 1)
     import torch
-
     from nanogpt_ray.launch import train
+
     from nanogpt_ray.train_loop import run_bare
 
     torch.set_num_threads(max(1, int(QUICKSTART.get("cpus_per_worker", 1))))
@@ -112,7 +112,6 @@ def startup(args, data_root: pathlib.Path, work: pathlib.Path) -> dict:
 
 def quickstart(args, data_root: pathlib.Path, work: pathlib.Path) -> dict:
     import ray
-
     from nanogpt_ray.launch import train
 
     n = args.quickstart_iters

@@ -21,10 +21,15 @@ import hashlib
 import json
 import math
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import torch
+
+from .config import UserError
+from .engine import generate
+from .tokenizer import decode_tokens, unknown_chars_message
 
 # The settings a jsonl/parquet row may override; anything else in a row is ignored.
 ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
@@ -35,7 +40,7 @@ OUTPUT_FORMATS = (".jsonl", ".parquet")
 SEED_MODULUS = 2**63  # torch.Generator seeds are 64-bit; stay positive in int64 columns too
 
 
-class BatchSampleError(ValueError):
+class BatchSampleError(UserError):
     """A prompt file or setting a person has to fix; one line."""
 
 
@@ -131,11 +136,9 @@ def prompt_error_and_ids(tokenizer, prompt: str, block_size: int, truncate: bool
     than block_size (unless truncate keeps their last block_size tokens) are errors."""
     if prompt == "":
         return "empty prompt", []
-    unknown = tokenizer.unknown_chars(prompt)
+    unknown = unknown_chars_message(tokenizer, prompt)
     if unknown:
-        shown = ", ".join(repr(ch) for ch in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
-        return (f"{len(unknown)} character(s) outside the model's {tokenizer.vocab_size}-character vocabulary: "
-                f"{shown}"), []
+        return unknown, []
     ids = tokenizer.encode(prompt)
     if len(ids) > block_size:
         if not truncate:
@@ -190,6 +193,73 @@ def plan_batches(rows: Iterable[SampleRow], batch_size: int, window: int | None 
         yield from flush(chunk)
 
 
+class BatchDispatcher:
+    """Which planned batch goes to which sampling actor next, and what an actor's death means. Pure
+    bookkeeping behind cluster/sampling.run_batches, where Ray only submits, waits and reports deaths.
+
+    Each actor holds up to `in_flight` batches. A batch whose actor died goes back in the queue, to another
+    actor where there is one; after `max_attempts` deaths under it, its rows get an error instead. A dead
+    process fails every batch it held at once: that is one death of the actor (counted per incarnation),
+    and after `max_restarts` deaths (Ray has no restart left) the actor gets no more work."""
+
+    def __init__(self, num_actors: int, batches: Iterable[list[SampleRow]], in_flight: int, max_attempts: int,
+                 max_restarts: int):
+        self.limits = (in_flight, max_attempts, max_restarts)
+        self.alive = set(range(num_actors))
+        self.deaths = [0] * num_actors
+        self.incarnation = [0] * num_actors  # bumped at each counted death: later failures of the same process are not new deaths
+        self.in_flight = [0] * num_actors
+        self.retries: deque = deque()  # (batch, attempts so far, actor to avoid)
+        self.batches = iter(batches)
+        self.exhausted = False
+        self.resubmitted = 0
+
+    def _next_batch(self, actor: int):
+        for position, (batch, attempts, avoid) in enumerate(self.retries):
+            if avoid != actor or len(self.alive) == 1:
+                del self.retries[position]
+                return batch, attempts
+        if self.exhausted:
+            return None
+        batch = next(self.batches, None)
+        if batch is None:
+            self.exhausted = True
+            return None
+        return batch, 0
+
+    def assignments(self) -> list[tuple[int, list[SampleRow], int, int]]:
+        """(actor, batch, attempts, incarnation) to submit now: every alive actor filled up to in_flight."""
+        out = []
+        for actor in sorted(self.alive, key=lambda i: self.in_flight[i]):
+            while self.in_flight[actor] < self.limits[0]:
+                item = self._next_batch(actor)
+                if item is None:
+                    break
+                out.append((actor, item[0], item[1], self.incarnation[actor]))
+                self.in_flight[actor] += 1
+        return out
+
+    def finished(self, actor: int) -> None:
+        self.in_flight[actor] -= 1
+
+    def actor_died(self, actor: int, batch: list[SampleRow], attempts: int, incarnation: int) -> list[dict] | None:
+        """The actor died under this batch: error rows when the batch is out of attempts, else None (queued again)."""
+        self.in_flight[actor] -= 1
+        if incarnation == self.incarnation[actor]:
+            self.incarnation[actor] += 1
+            self.deaths[actor] += 1
+            if self.deaths[actor] > self.limits[2]:
+                self.alive.discard(actor)
+        if attempts + 1 >= self.limits[1]:
+            return [result_row(r, error=f"sampling actor died {attempts + 1} times on this batch") for r in batch]
+        self.retries.append((batch, attempts + 1, actor))
+        self.resubmitted += 1
+        return None
+
+    def work_left(self) -> bool:
+        return bool(self.retries) or not self.exhausted
+
+
 def left_pad(token_lists: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, list[int]]:
     """(B, T) tensor of rows left-padded to the longest, and each row's length."""
     lengths = [len(ids) for ids in token_lists]
@@ -206,16 +276,11 @@ def result_row(row: SampleRow, completion: str | None = None, tokens: int = 0, e
             "top_p": row.top_p, "seed": row.seed, "error": error if error is not None else row.error}
 
 
-def decode(tokenizer, ids) -> str:
-    """Text of token ids; ids past the tokenizer's vocabulary (GPT-2's padded 50304 rows) are dropped."""
-    return tokenizer.decode([int(i) for i in ids if 0 <= int(i) < tokenizer.vocab_size])
-
-
 @torch.no_grad()
 def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, truncate: bool = False,
                    device="cpu", ctx=None, context_shift: int = 0) -> list[dict]:
     """Result rows of one planned batch, in its order: each row is validated and tokenized (tokenize_rows),
-    rows with an error pass through with it, the others generate together. context_shift: see GPT.generate
+    rows with an error pass through with it, the others generate together. context_shift: see engine.generate
     (0, the default, is nanoGPT's exact sliding window past block_size)."""
     batch = tokenize_rows(batch, tokenizer, block_size, truncate)
     good = [r for r in batch if r.error is None]
@@ -228,12 +293,12 @@ def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, tr
         generators = [torch.Generator(device=device).manual_seed(generator_seed(r.seed, r.sample)) for r in good]
         padded = len(set(lengths)) > 1
         with ctx if ctx is not None else contextlib.nullcontext():
-            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               prompt_lengths=lengths if padded else None, generators=generators,
-                               context_shift=context_shift)
+            y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         prompt_lengths=lengths if padded else None, generators=generators,
+                         context_shift=context_shift)
         new = y[:, x.size(1):].tolist()
         for r, ids in zip(good, new):
-            results[r.key()] = result_row(r, decode(tokenizer, ids), len(ids))
+            results[r.key()] = result_row(r, decode_tokens(tokenizer, ids), len(ids))
     return [results[r.key()] for r in batch]
 
 

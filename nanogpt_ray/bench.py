@@ -12,25 +12,35 @@ live in actors.py and scaling.py and are only imported when asked for.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
+import tempfile
 import time
+import uuid
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
-from .config import BenchConfig, from_dict, to_dict
+from .config import PADDED_VOCAB_SIZE, BenchConfig, TrainConfig, UserError, from_dict, to_dict
 from .data import check_block_size, get_batch, load_split
-from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
-from .files import atomic_write_text
-from .model import GPT, GPTConfig, default_peak_flops, measure_matmul_flops, peak_flops_for_device
+from .device import (
+    autocast_context,
+    default_peak_flops,
+    enable_tf32,
+    measure_matmul_flops,
+    peak_flops_for_device,
+    resolve_device,
+    resolve_dtype,
+)
+from .files import atomic_open, atomic_write_text
+from .model import GPT, GPTConfig
 from .tokenizer import read_meta
 
-DEFAULT_VOCAB_SIZE = 50304  # GPT-2's 50257 padded to a multiple of 64, as nanoGPT's bench uses
 
-
-class BenchError(ValueError):
+class BenchError(UserError):
     """A benchmark that cannot run as configured; one line that says what to change."""
 
 
@@ -83,12 +93,12 @@ def peak_memory(device: str) -> tuple[int, str]:
 def bench_data(cfg: BenchConfig):
     """The training tokens (a memmap) and the vocabulary size; (None, 50304) for random tokens."""
     if not cfg.real_data:
-        return None, DEFAULT_VOCAB_SIZE
+        return None, PADDED_VOCAB_SIZE
     dataset_dir = os.path.join(cfg.data_root, cfg.dataset)
     data = load_split(dataset_dir, "train")  # DataError naming `nanogpt-ray prepare <dataset>` when missing
     check_block_size(data, cfg.block_size, os.path.join(dataset_dir, "train.bin"))
     meta = read_meta(dataset_dir)
-    return data, (meta or {}).get("vocab_size") or DEFAULT_VOCAB_SIZE
+    return data, (meta or {}).get("vocab_size") or PADDED_VOCAB_SIZE
 
 
 def format_flops(flops: float) -> str:
@@ -242,28 +252,123 @@ def write_json(path: str, rows: list[dict]) -> None:
     print(f"wrote {len(rows)} row(s) to {path}")
 
 
-def bench_main(cfg: BenchConfig) -> int:
-    """`nanogpt-ray bench`: one process here, one actor per GPU/node (--cluster), or worker scaling (--scaling)."""
-    if cfg.cluster and cfg.scaling:
-        raise BenchError("pass either --cluster=True (every node) or --scaling=True (1..max_workers workers), not both")
-    if cfg.cluster:
-        from .actors import bench_cluster  # Ray enters only here
-
-        rows = bench_cluster(cfg)
-    elif cfg.scaling:
-        from .scaling import bench_scaling  # Ray enters only here
-
-        rows = bench_scaling(cfg)
-    else:
-        rows = [run_bench(cfg)]
-    if cfg.json:
-        write_json(cfg.json, rows)
-    return 0
-
-
 def bench_config_dict(cfg: BenchConfig, **changes) -> dict:
     """The config as a plain dict for a Ray actor or worker, with the Ray-mode switches off."""
     return dict(to_dict(cfg), cluster=False, scaling=False, json="", **changes)
 
 
-__all__ = ["BenchError", "bench_main", "run_bench", "write_json", "print_row", "bench_config_dict"]
+__all__ = ["BenchError", "run_bench", "write_json", "print_row", "bench_config_dict"]
+
+
+# ----------------------------------------------------------------------------- every node (cluster/bench.py runs it)
+
+def plan_bench_actors(nodes: list[dict], device: str) -> list[dict]:
+    """One actor per GPU (GPU nodes only) or, on CPU-only clusters or with device='cpu', one per node.
+
+    Each plan: node_id, hostname, num_cpus, num_gpus, num_threads, device.
+    """
+    alive = [n for n in nodes if n.get("Alive")]
+    use_gpu = device not in ("cpu", "mps") and any(n.get("Resources", {}).get("GPU", 0) >= 1 for n in alive)
+    if device.startswith("cuda") and not use_gpu:
+        raise BenchError(f"device={device!r} but the Ray cluster has no GPUs; use --device=cpu or 'auto'")
+    plans = []
+    for node in sorted(alive, key=lambda n: n["NodeID"]):
+        resources = node.get("Resources", {})
+        cpus, gpus = resources.get("CPU", 0), int(resources.get("GPU", 0))
+        base = dict(node_id=node["NodeID"], hostname=node.get("NodeManagerHostname", ""), num_cpus=min(1, cpus))
+        if use_gpu:
+            plans += [dict(base, num_gpus=1, num_threads=0, device="cuda") for _ in range(gpus)]
+        elif cpus >= 1:
+            plans.append(dict(base, num_gpus=0, num_threads=int(cpus), device=device if device != "auto" else "cpu"))
+    if not plans:
+        raise BenchError("the Ray cluster has no alive node with a CPU or GPU to benchmark on")
+    return plans
+
+
+def format_bench_table(rows: list[dict]) -> str:
+    """node, device, ms/iter, tokens/s, MFU, memory; then the slowest node by tokens/s."""
+    header = ("node", "host", "device", "ms/iter", "tokens/s", "MFU", "memory")
+    lines = [[row["node"][:12], row.get("hostname", ""), row["device"], f"{row['ms_per_iter']:.2f}",
+              f"{row['tokens_per_s']:,.0f}", f"{row['mfu'] * 100:.2f}%", format_bytes(row["peak_memory_bytes"])]
+             for row in rows]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
+    slowest = min(rows, key=lambda r: r["tokens_per_s"])
+    fastest = max(rows, key=lambda r: r["tokens_per_s"])
+    note = f" ({slowest['tokens_per_s'] / fastest['tokens_per_s']:.0%} of the fastest)" if len(rows) > 1 else ""
+    out.append(f"slowest node: {slowest['node']} ({slowest.get('hostname', '')}, {slowest['device']}): "
+               f"{slowest['tokens_per_s']:,.0f} tokens/s{note}")
+    if rows and "memory_kind" in rows[0]:
+        out.append(f"memory: {rows[0]['memory_kind']}; MFU against each actor's own peak: {rows[0]['peak_flops_source']}")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- worker scaling (cluster/bench.py runs it)
+
+SYNTHETIC_TOKENS = 1 << 20  # random tokens per split of the synthetic dataset (2 MiB as uint16)
+
+
+def write_synthetic_dataset(dataset_dir: str, seed: int, vocab_size: int = PADDED_VOCAB_SIZE) -> None:
+    """Random tokens in the prepared-dataset format, written on whichever node needs them (atomic renames)."""
+    os.makedirs(dataset_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = {f"{split}.bin": rng.integers(0, vocab_size, SYNTHETIC_TOKENS, dtype=np.uint16).tobytes()
+             for split in ("train", "val")}
+    files["meta.json"] = json.dumps({"vocab_size": vocab_size, "dtype": "uint16", "tokenizer": "synthetic"}).encode()
+    for name, payload in files.items():
+        path = os.path.join(dataset_dir, name)
+        if os.path.exists(path):
+            continue
+        with atomic_open(path, "wb") as f:  # several workers may write the same file: each renames a whole one
+            f.write(payload)
+
+
+def scaling_train_config(cfg: BenchConfig, num_workers: int, work_dir: str) -> TrainConfig:
+    """A TrainConfig that trains warmup + timed iterations (+1, whose timing the loop folds into its final eval),
+    evaluates on one batch at the start and end, and checkpoints only at the end."""
+    if cfg.real_data:
+        data_root, dataset = os.path.abspath(cfg.data_root), cfg.dataset
+    else:
+        data_root, dataset = os.path.join(tempfile.gettempdir(), "nanogpt-ray-bench-data"), f"synthetic-{cfg.seed}"
+    run_name = f"bench-scaling-{num_workers}-{uuid.uuid4().hex[:8]}"
+    return TrainConfig(
+        out_dir=os.path.join(work_dir, run_name), storage_path=os.path.join(work_dir, "ray"), run_name=run_name,
+        eval_interval=10**9, eval_iters=1, log_interval=1, always_save_checkpoint=True,  # saves only at the end
+        dataset=dataset, data_root=data_root, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        batch_size=cfg.batch_size, max_iters=cfg.warmup_steps + cfg.timed_steps + 1, decay_lr=False,
+        device=cfg.device, dtype=cfg.dtype, compile=cfg.compile, seed=cfg.seed, num_workers=num_workers,
+        max_failures=0, num_checkpoints_to_keep=1, address=cfg.address, **cfg.model_args(),
+    )
+
+
+def flops_per_iter(cfg: BenchConfig, vocab_size: int) -> float:
+    """Training FLOPs of one global iteration, from a model built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**cfg.model_args(), vocab_size=vocab_size))
+    return model.flops_per_token() * cfg.block_size * cfg.batch_size * cfg.gradient_accumulation_steps
+
+
+def check_worker_counts(cfg: BenchConfig) -> list[int]:
+    counts = list(range(1, cfg.max_workers + 1))
+    bad = [n for n in counts if cfg.gradient_accumulation_steps % n != 0]
+    if bad:
+        lcm = math.lcm(*counts)
+        raise BenchError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by every worker "
+                         f"count 1..{cfg.max_workers} (not by {bad[0]}) so each run trains the same global batch; "
+                         f"use e.g. --gradient_accumulation_steps={lcm}")
+    return counts
+
+
+def format_scaling_table(rows: list[dict]) -> str:
+    header = ("workers", "ms/iter", "tokens/s", "speedup", "efficiency", "MFU", "memory (rank 0)")
+    lines = [[str(r["workers"]), f"{r['ms_per_iter']:.2f}", f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.2f}x",
+              f"{r['scaling_efficiency']:.0%}", f"{r['mfu'] * 100:.2f}%", format_bytes(r["peak_memory_bytes"])]
+             for r in rows]
+    widths = [max(len(c) for c in column) for column in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    first = rows[0]
+    return "\n".join([f"same global batch: {first['tokens_per_iter']:,} tokens per iteration "
+                      f"({first['gradient_accumulation_steps']} x {first['batch_size']} x {first['block_size']}), "
+                      f"{first['device']}", fmt(header)] + [fmt(line) for line in lines]
+                     + [f"MFU against {first['peak_flops_source']} per worker ({first['memory_kind']})"])

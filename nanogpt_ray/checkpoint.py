@@ -10,16 +10,17 @@ import os
 
 import torch
 
-from .config import GPT2_PRESETS
+from .config import GPT2_PRESETS, UserError
 from .files import atomic_open
-from .model import GPT, GPTConfig, to_hf_state_dict
+from .hf import from_pretrained
+from .model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
 REQUIRED_KEYS = ("model", "model_args")
 MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing or not ours; one line."""
 
 
@@ -78,31 +79,7 @@ def load_model(init_from: str = "resume", out_dir: str = "out", ckpt_path: str =
         ckpt = load_checkpoint(ckpt_path or out_dir)
         model = model_from_checkpoint(ckpt)
     elif init_from in GPT2_PRESETS or os.path.isdir(init_from):
-        ckpt, model = None, GPT.from_pretrained(init_from, dict(dropout=0.0))
+        ckpt, model = None, from_pretrained(init_from)
     else:
         raise CheckpointError(f"init_from={init_from!r}; use 'resume', one of {', '.join(GPT2_PRESETS)}, or a GPT-2 directory")
     return model.eval().to(device), ckpt
-
-
-def export_hf(model: GPT, out_dir: str) -> str:
-    """Write a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors) that
-    `transformers` loads. Models trained with bias=False get zero biases, which compute the same thing."""
-    from transformers import GPT2Config, GPT2LMHeadModel  # the hf extra; only needed here
-
-    cfg = model.config
-    hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                           n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           activation_function="gelu_new",  # GELU with the tanh approximation, like our MLP
-                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
-    hf_model = GPT2LMHeadModel(hf_config)
-    ours = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    hf_state = hf_model.state_dict()
-    for key in hf_state:
-        if key in ours:
-            hf_state[key] = ours[key].to(hf_state[key].dtype)
-        elif key.endswith(".bias") and key.replace(".bias", ".weight") in ours:
-            hf_state[key] = torch.zeros_like(hf_state[key])  # bias=False models: a zero bias is no bias
-    hf_model.load_state_dict(hf_state, strict=False)
-    os.makedirs(out_dir, exist_ok=True)
-    hf_model.save_pretrained(out_dir, safe_serialization=True)
-    return out_dir

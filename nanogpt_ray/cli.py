@@ -12,11 +12,14 @@ import dataclasses
 import sys
 
 from .config import (
+    MODEL_PRESETS,
     BenchConfig,
-    ConfigError,
     ExportConfig,
+    PrepareConfig,
     SampleConfig,
+    SweepConfig,
     TrainConfig,
+    UserError,
     field_doc,
     load_config,
     split_args,
@@ -36,28 +39,13 @@ commands:
 """
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input, not a bug: printed as one line."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .tokenizer import TokenizerError
-
-    errors = [ConfigError, DataError, CheckpointError, TokenizerError, FileNotFoundError]
-    for module_name, class_name in (("prepare", "PrepareError"), ("launch", "LaunchError"), ("sweep", "SweepError"),
-                                    ("actors", "ActorError"), ("bench", "BenchError"), ("sample", "SampleError")):
-        module = sys.modules.get(f"{__package__}.{module_name}")
-        if module is not None and hasattr(module, class_name):
-            errors.append(getattr(module, class_name))
-    return tuple(errors)
-
-
-def format_help(cls, command: str, summary: str) -> str:
+def format_help(cls, command: str, summary: str, footer: str = "") -> str:
     lines = [f"usage: nanogpt-ray {command} [config files] [--key=value ...]", "", summary, "", "keys (default: meaning):"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         doc = field_doc(cls, f.name)
         lines.append(f"  --{f.name}={default!r}" + (f"  {doc}" if doc else ""))
-    return "\n".join(lines)
+    return "\n".join(lines + ([("\n" + footer)] if footer else []))
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -72,9 +60,19 @@ def load(cls, argv: list[str]):
 # ---------------------------------------------------------------------------- commands
 
 def cmd_prepare(argv: list[str]) -> int:
-    from .prepare import prepare_main
+    if wants_help(argv):
+        print(format_help(PrepareConfig, "prepare <dataset>", "Tokenize a corpus into train.bin, val.bin and meta.json."))
+        return 0
+    files, overrides = split_args(argv)
+    # nanoGPT-style: the first bare argument naming a dataset is the dataset, the rest are config files
+    if files and not files[0].endswith(".py"):
+        overrides = [f"--dataset={files[0]}"] + overrides
+        files = files[1:]
+    cfg = load_config(PrepareConfig, files, overrides)
+    from .cluster.prepare import prepare  # Ray only where cfg.parallel asks for it
 
-    return prepare_main(argv)
+    prepare(cfg)
+    return 0
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -82,16 +80,25 @@ def cmd_train(argv: list[str]) -> int:
         print(format_help(TrainConfig, "train", "Train a GPT with nanoGPT's loop under Ray Train (TorchTrainer + DDP)."))
         return 0
     cfg = load(TrainConfig, argv)  # before importing Ray, so a typo is reported at once
-    from .launch import train
+    from .cluster.train import launch
 
-    train(cfg)
+    launch(cfg)
     return 0
 
 
 def cmd_tune(argv: list[str]) -> int:
-    from .sweep import tune_main
+    if wants_help(argv):
+        presets = ", ".join(f"{k} ({v['n_layer']}/{v['n_head']}/{v['n_embd']})" for k, v in MODEL_PRESETS.items())
+        print(format_help(SweepConfig, "tune", "Sweep learning rate and model size with Ray Tune (ASHA early stopping); "
+                                               "each trial is a Ray Train run.", footer=f"model presets: {presets}"))
+        return 0
+    from .sweep import load_sweep
 
-    return tune_main(argv)
+    sweep = load_sweep(argv)
+    from .cluster.tune import run_sweep
+
+    report = run_sweep(sweep)
+    return 0 if report.rows and report.rows[0]["best_val_loss"] is not None else 1
 
 
 def cmd_sample(argv: list[str]) -> int:
@@ -101,7 +108,7 @@ def cmd_sample(argv: list[str]) -> int:
         return 0
     cfg = load(SampleConfig, argv)
     if cfg.prompts:
-        from .actors import sample_file
+        from .cluster.sampling import sample_file
 
         sample_file(cfg)
     else:
@@ -115,9 +122,24 @@ def cmd_bench(argv: list[str]) -> int:
     if wants_help(argv):
         print(format_help(BenchConfig, "bench", "Time training steps: ms/iter, tokens/s, MFU and peak memory."))
         return 0
-    from .bench import bench_main
+    from .bench import BenchError, run_bench, write_json
 
-    return bench_main(load(BenchConfig, argv))
+    cfg = load(BenchConfig, argv)
+    if cfg.cluster and cfg.scaling:
+        raise BenchError("pass either --cluster=True (every node) or --scaling=True (1..max_workers workers), not both")
+    if cfg.cluster:
+        from .cluster.bench import bench_cluster
+
+        rows = bench_cluster(cfg)
+    elif cfg.scaling:
+        from .cluster.bench import bench_scaling
+
+        rows = bench_scaling(cfg)
+    else:
+        rows = [run_bench(cfg)]
+    if cfg.json:
+        write_json(cfg.json, rows)
+    return 0
 
 
 def cmd_export(argv: list[str]) -> int:
@@ -126,7 +148,8 @@ def cmd_export(argv: list[str]) -> int:
         return 0
     import os
 
-    from .checkpoint import export_hf, load_model
+    from .checkpoint import load_model
+    from .hf import export_hf
 
     cfg = load(ExportConfig, argv)
     model, _ = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path)
@@ -151,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest) or 0
-    except _user_errors() as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"nanogpt-ray {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

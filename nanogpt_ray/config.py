@@ -19,12 +19,32 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-GPT2_PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("auto", "nccl", "gloo")
+GPT2_SHAPES: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+"""OpenAI's four GPT-2 models: the one table of their shapes."""
+GPT2_PRESETS = tuple(GPT2_SHAPES)
+GPT2_VOCAB_SIZE = 50257
+PADDED_VOCAB_SIZE = 50304
+"""GPT-2's 50257 tokens padded up to a multiple of 64 (nanoGPT's choice: faster matmuls); the extra rows are
+never targets, so the model learns to give them no probability."""
+
+Dtype = typing.Literal["auto", "float32", "bfloat16", "float16"]
+Backend = typing.Literal["auto", "nccl", "gloo"]
+PlacementStrategy = typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+DTYPES = typing.get_args(Dtype)
+BACKENDS = typing.get_args(Backend)
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Bad input a person has to fix (a config value, a dataset, a checkpoint, a prompt). Every module's own
+    error class derives from it, and the CLI prints it as one line with exit code 2, never a traceback."""
+
+
+class ConfigError(UserError):
     """A config value a person has to fix; the message is one line and names the key."""
 
 
@@ -35,11 +55,20 @@ def _is_device(device: str) -> bool:
     return kind == "cuda" and index.isdigit()
 
 
-def _check_device_dtype(device: str, dtype: str) -> None:
+def _check_device(device: str) -> None:
     if not _is_device(device):
         raise ConfigError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+
+
+def _check_choices(config) -> None:
+    """Literal-typed fields hold one of their choices, however the config was built (flags, files, a dict)."""
+    for f in dataclasses.fields(config):
+        if _is_literal(type(config), f.name):
+            coerce(type(config), f.name, getattr(config, f.name))
+
+
+def _is_literal(cls, name: str) -> bool:
+    return typing.get_origin(_field_type(cls, name)) is typing.Literal
 
 
 def _check_model_shape(n_layer: int, n_head: int, n_embd: int, block_size: int) -> None:
@@ -124,11 +153,11 @@ class TrainConfig:
     min_lr: float = 6e-5
     """Should be ~learning_rate / 10 per Chinchilla."""
     # system
-    backend: str = "auto"
+    backend: Backend = "auto"
     """DDP backend; 'auto' is nccl with GPUs and gloo without (nanoGPT hard-codes nccl)."""
     device: str = "auto"
     """'auto' picks cuda when the worker has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
     compile: bool = True
     """torch.compile the model (slow to start on CPU; the CPU configs turn it off)."""
@@ -142,7 +171,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     resources_per_worker: dict = field(default_factory=dict)
     """Extra Ray resources per worker, e.g. {'accelerator_type:H100': 0.01}."""
-    placement_strategy: str = "PACK"
+    placement_strategy: PlacementStrategy = "PACK"
     """Ray placement of workers: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
     storage_path: str = ""
     """Where Ray persists checkpoints; '' means <out_dir>/ray. Must be shared (NFS, s3://) on several nodes."""
@@ -157,11 +186,10 @@ class TrainConfig:
     """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
 
     def __post_init__(self) -> None:
-        _check_device_dtype(self.device, self.dtype)
+        _check_choices(self)
+        _check_device(self.device)
         _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
         _check_init_from(self.init_from, ("scratch", "resume"))
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend={self.backend!r} is not supported; use one of {', '.join(BACKENDS)}")
         for key in ("gradient_accumulation_steps", "batch_size", "num_workers", "eval_iters", "log_interval", "eval_interval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
@@ -174,8 +202,6 @@ class TrainConfig:
                 f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide by num_workers={self.num_workers}: "
                 "it is the global number of micro-steps per iteration, as in nanoGPT"
             )
-        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise ConfigError(f"placement_strategy={self.placement_strategy!r}; use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
 
     def tokens_per_iter(self) -> int:
         """Global tokens per optimizer step, independent of num_workers."""
@@ -225,7 +251,7 @@ class SampleConfig:
     n > 0 drops the oldest n tokens at once and keeps the KV cache between shifts (much faster, not nanoGPT's tokens)."""
     seed: int = 1337
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     compile: bool = False
     # batch sampling on Ray actors
     prompts: str = ""
@@ -244,7 +270,8 @@ class SampleConfig:
     address: str = ""
 
     def __post_init__(self) -> None:
-        _check_device_dtype(self.device, self.dtype)
+        _check_choices(self)
+        _check_device(self.device)
         _check_init_from(self.init_from, ("resume",))
         _check_sampling(self.temperature, self.top_k, self.top_p)
         if self.context_shift < 0:
@@ -271,7 +298,7 @@ class BenchConfig:
     data_root: str = "data"
     seed: int = 1337
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     compile: bool = True
     profile: bool = False
     """Write a torch.profiler trace (TensorBoard) instead of the plain timing."""
@@ -290,7 +317,8 @@ class BenchConfig:
     address: str = ""
 
     def __post_init__(self) -> None:
-        _check_device_dtype(self.device, self.dtype)
+        _check_choices(self)
+        _check_device(self.device)
         _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
         for key in ("batch_size", "timed_steps", "max_workers"):
             if getattr(self, key) < 1:
@@ -345,6 +373,12 @@ def _field_type(cls, name: str):
 def coerce(cls, key: str, value):
     """Turn a parsed value into the field's type, or say in one line why it cannot be."""
     kind = _field_type(cls, key)
+    if typing.get_origin(kind) is typing.Literal:
+        choices = typing.get_args(kind)
+        if value in choices:
+            return value
+        raise ConfigError(f"{key}={value!r} is not supported; use one of {', '.join(map(str, choices))}"
+                          + (_closest(value, map(str, choices)) if isinstance(value, str) else ""))
     optional = False
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -385,7 +419,8 @@ def coerce(cls, key: str, value):
 
 
 def _parse_flag_value(cls, key: str, text: str):
-    if _field_type(cls, key) is str:
+    kind = _field_type(cls, key)
+    if kind is str or typing.get_origin(kind) is typing.Literal:
         return text  # strings are taken verbatim: --out_dir=123 is the folder '123'
     try:
         return ast.literal_eval(text)
@@ -471,6 +506,7 @@ class ExportConfig:
     """Where the Hugging Face directory is written; '' means <out_dir>/hf."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _check_init_from(self.init_from, ("resume",))
 
 
@@ -516,7 +552,7 @@ class SweepConfig:
     """Other TrainConfig keys to grid-search: {'batch_size': [32, 64]}."""
     num_samples: int = 1
     """Repeats of the grid (each draws a fresh lr when lr is log-uniform)."""
-    scheduler: str = "asha"
+    scheduler: typing.Literal["asha", "none"] = "asha"
     """'asha' stops poor trials early on val_loss at eval points; 'none' runs every trial to max_iters."""
     grace_period: int = 0
     """Iterations every trial runs before ASHA may stop it; 0 means two eval intervals."""
@@ -544,6 +580,7 @@ class SweepConfig:
     """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         train_keys = config_fields(TrainConfig)
         for source in ("train_overrides", "search_space"):
             for key in getattr(self, source):
@@ -564,8 +601,6 @@ class SweepConfig:
                 raise ConfigError(f"lr range [{self.lr_min}, {self.lr_max}] is empty; lr_min must be < lr_max")
         for name in self.model_sizes:
             model_preset(name)
-        if self.scheduler not in ("asha", "none"):
-            raise ConfigError(f"scheduler={self.scheduler!r}; use 'asha' or 'none'")
         for key in ("num_samples", "workers_per_trial"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
@@ -600,9 +635,9 @@ class PrepareConfig:
     """Folder name under data_root; '' means the dataset name."""
     input: str = ""
     """Input files: a path, a glob, or several separated by commas; local or s3://, gs:// (pyarrow filesystems)."""
-    format: str = "auto"
+    format: typing.Literal["auto", "txt", "jsonl", "parquet"] = "auto"
     """txt, jsonl or parquet; 'auto' goes by each file's extension."""
-    txt_mode: str = "file"
+    txt_mode: typing.Literal["file", "line"] = "file"
     """For .txt: 'file' (one document per file) or 'line' (one document per line)."""
     field: str = "text"
     """The jsonl field or parquet column holding the text."""
@@ -614,7 +649,7 @@ class PrepareConfig:
     val_fraction of the text (None: nanoGPT's 10%) is val."""
     seed: int = 2357
     """Seed of the document split."""
-    errors: str = "strict"
+    errors: typing.Literal["strict", "replace"] = "strict"
     """Bytes that are not UTF-8: 'strict' fails naming the file, 'replace' substitutes U+FFFD."""
     parallel: bool | None = None
     """Tokenize on Ray Data; None means yes when the inputs total 64 MB or more (a local Ray cluster takes
@@ -632,17 +667,12 @@ class PrepareConfig:
     """Where tiny Shakespeare is downloaded from when there is no --input and no copy in the dataset folder."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         if self.dataset not in PREPARE_DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}{_closest(self.dataset, PREPARE_DATASETS)} "
                               f"(use one of {', '.join(PREPARE_DATASETS)})")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in (0, 1)")
-        if self.format not in ("auto", "txt", "jsonl", "parquet"):
-            raise ConfigError(f"format={self.format!r}; use auto, txt, jsonl or parquet")
-        if self.txt_mode not in ("file", "line"):
-            raise ConfigError(f"txt_mode={self.txt_mode!r}; use 'file' or 'line'")
-        if self.errors not in ("strict", "replace"):
-            raise ConfigError(f"errors={self.errors!r}; use 'strict' or 'replace'")
         if self.chunk_mb < 1 or self.num_workers < 0:
             raise ConfigError(f"chunk_mb={self.chunk_mb} must be >= 1 and num_workers={self.num_workers} >= 0")
         if self.dataset == "text" and not self.input:

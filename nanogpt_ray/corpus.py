@@ -12,10 +12,10 @@ import glob
 import json
 import os
 
-from .config import PrepareConfig
+from .config import PrepareConfig, UserError
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError):
     """Bad input to prepare; one line."""
 
 

@@ -12,14 +12,11 @@ import os
 import numpy as np
 import torch
 
+from .config import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A dataset problem a person has to fix; one line that says how."""
-
-
-def token_dtype_for(vocab_size: int) -> str:
-    """uint16 whenever the vocabulary fits (what nanoGPT's loader reads), uint32 beyond 65,536 tokens."""
-    return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
 def prepare_hint(dataset_dir: str) -> str:

@@ -2,83 +2,19 @@
 A GPT-2 language model in one file, after nanoGPT's model.py.
 
 Module names match OpenAI's GPT-2 checkpoint (wte, wpe, c_attn, c_proj, c_fc, ln_f) so weights map over
-with four transposes. Adds what batch inference needs: a KV cache, left-padded batches of different
-prompt lengths, per-row random generators, and nucleus sampling.
+with four transposes (hf.py). The forward pass takes an optional KV cache, positions and attention mask:
+engine.py uses them for batched, cached generation; `generate` below is nanoGPT's short reference.
 
 Imports only torch (plus the standard library).
 """
 
 import inspect
-import json
 import math
-import os
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the CUDA device name.
-# Order matters: the first substring found wins ("H100 PCIe" before "H100").
-PEAK_BF16_FLOPS = (
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("A10G", 125e12),
-    ("A10", 125e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),
-    ("T4", 65e12),
-)
-
-
-def peak_flops_for_device(device_name: str):
-    """bf16 peak of a named CUDA device, or None when the table does not know it."""
-    for key, flops in PEAK_BF16_FLOPS:
-        if key.lower() in device_name.lower():
-            return flops
-    return None
-
-
-_MEASURED_PEAKS = {}
-
-
-def measure_matmul_flops(device="cpu", dtype=torch.float32, size=1024, repeats=10):
-    """Measured matmul throughput of a device, the best achievable peak where no data sheet applies (CPUs)."""
-    key = (str(device), dtype, size)
-    if key not in _MEASURED_PEAKS:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        a @ b  # warm up the kernels and thread pool
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            if a.is_cuda:
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        _MEASURED_PEAKS[key] = 2 * size**3 / best
-    return _MEASURED_PEAKS[key]
-
-
-def default_peak_flops(device=None):
-    """The peak MFU is measured against: data-sheet bf16 for known GPUs, measured fp32 matmul otherwise."""
-    device = torch.device(device) if device is not None else None
-    if device is not None and device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = peak_flops_for_device(name)
-        return peak if peak is not None else measure_matmul_flops(device, torch.bfloat16, size=4096)
-    return measure_matmul_flops("cpu")
 
 
 class LayerNorm(nn.Module):
@@ -91,23 +27,6 @@ class LayerNorm(nn.Module):
 
     def forward(self, input):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class KVCache:
-    """Keys and values of every layer for the positions seen so far, preallocated to block_size."""
-
-    def __init__(self, n_layer, batch_size, n_head, block_size, head_size, device, dtype):
-        shape = (batch_size, n_head, block_size, head_size)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.length = 0  # positions filled, the same for every layer once a forward pass ends
-
-    def update(self, layer, k, v):
-        """Store this step's k, v (B, nh, T, hs) for one layer; return all keys and values so far."""
-        start, end = self.length, self.length + k.size(2)
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -204,17 +123,6 @@ class GPTConfig:
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
 
 
-GPT2_SHAPES = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
-}
-
-# Hugging Face GPT-2 stores these as Conv1D, (in, out); our nn.Linear wants (out, in).
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -259,7 +167,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None, positions=None, attn_mask=None):
         """idx (B, T) tokens. With targets: logits (B, T, V) and the mean cross-entropy.
         Without: logits of the last position only (B, 1, V), all inference needs.
-        kv_cache/positions/attn_mask serve generate(): cached decoding and left-padded rows."""
+        kv_cache/positions/attn_mask serve engine.generate: cached decoding and left-padded rows."""
         device = idx.device
         b, t = idx.size()
         start = kv_cache.length if kv_cache is not None else 0
@@ -292,33 +200,6 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    # ------------------------------------------------------------------ pretrained weights
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, override_args=None):
-        """OpenAI GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' from the Hugging Face hub,
-        or a local directory written by GPT2LMHeadModel.save_pretrained (works offline)."""
-        override_args = dict(override_args or {})
-        assert set(override_args) <= {"dropout"}, "only dropout can be overridden on pretrained weights"
-        if os.path.isdir(os.path.expanduser(name_or_path)):
-            directory = os.path.expanduser(name_or_path)
-        elif name_or_path in GPT2_SHAPES:
-            directory = _download_gpt2(name_or_path)
-        else:
-            raise ValueError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(GPT2_SHAPES)} "
-                             "or a directory saved by GPT2LMHeadModel.save_pretrained")
-        with open(os.path.join(directory, "config.json")) as f:
-            hf_config = json.load(f)
-        config = GPTConfig(
-            n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"],
-            block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
-            bias=True,  # GPT-2 checkpoints always have biases
-            dropout=override_args.get("dropout", 0.0),
-        )
-        model = cls(config)
-        model.load_state_dict(from_hf_state_dict(_read_hf_weights(directory)))
-        return model
-
     # ------------------------------------------------------------------ training helpers
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
@@ -343,161 +224,28 @@ class GPT(nn.Module):
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         return 6 * N + 12 * L * H * Q * T
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
-        """Model FLOPs utilization: achieved FLOP/s over the device's peak (default_peak_flops of the
-        model's device unless given). fwdbwd_per_iter sequences of block_size tokens took dt seconds."""
-        if peak_flops is None:
-            peak_flops = default_peak_flops(self.lm_head.weight.device)
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilization: achieved FLOP/s over peak_flops (device.default_peak_flops knows the
+        right peak for a device). fwdbwd_per_iter sequences of block_size tokens took dt seconds."""
         flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return (flops_per_iter / dt) / peak_flops
 
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 prompt_lengths=None, generators=None, use_cache=True, context_shift=0):
-        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
-
-        prompt_lengths: rows of different lengths, left-padded to T; each row then generates exactly as it
-        would alone. generators: one torch.Generator per row, so a row's sample does not depend on its batch.
-        With use_cache the keys and values are kept between steps; past block_size the context is cropped to
-        the last block_size tokens and re-prefilled every step, exactly as full recomputation would see it.
-        That re-prefill is a full forward per token (learned absolute positions: sliding the window changes
-        every kept token's keys and values). context_shift=n > 0 trades that exactness for speed: when the
-        context is full, the oldest n tokens are dropped at once and the cache is rebuilt once per n tokens
-        (the window jumps instead of sliding; llama.cpp's "context shift").
-        """
-        B, T0 = idx.shape
-        block_size = self.config.block_size
-        shift = min(max(int(context_shift or 0), 0), block_size - 1)
-        pad = torch.zeros(B, dtype=torch.long, device=idx.device)
-        if prompt_lengths is not None:
-            pad = T0 - torch.as_tensor(prompt_lengths, dtype=torch.long, device=idx.device)
-        cache = None
-        start = 0  # with context_shift: where the current window begins
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """nanoGPT's reference sampler: take idx (b, t), feed each prediction back in, max_new_tokens times.
+        A full forward per token; engine.generate makes the same tokens with a KV cache and batches."""
         for _ in range(max_new_tokens):
-            T = idx.size(1)
-            if shift and T - start > block_size:
-                # the window jumps by at least `shift` tokens; the cache is rebuilt once for the new window
-                start, cache = max(T - block_size + shift, T - block_size), None
-            if shift and start > 0:
-                context, window_pad = idx[:, start:], (pad - start).clamp(min=0)
-                T = context.size(1)  # <= block_size: the cached path below applies
-            elif T > block_size:
-                # the window slides: positions of every kept token change, so the cache cannot be reused
-                context, window_pad, cache = idx[:, -block_size:], (pad - (T - block_size)).clamp(min=0), None
-            else:
-                context, window_pad = idx, pad
-            if use_cache and cache is not None:
-                step_tokens = context[:, -1:]
-            else:
-                step_tokens = context
-                if use_cache and T <= block_size:
-                    head_size = self.config.n_embd // self.config.n_head
-                    cache = KVCache(self.config.n_layer, B, self.config.n_head, block_size, head_size,
-                                    idx.device, self.lm_head.weight.dtype)
-            positions, mask = _padding_positions_and_mask(window_pad, context.size(1), step_tokens.size(1))
-            if use_cache and T <= block_size and cache is not None:
-                logits, _ = self(step_tokens, kv_cache=cache, positions=positions, attn_mask=mask)
-            else:
-                logits, _ = self(step_tokens, positions=positions, attn_mask=mask)
-            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generators)
+            # if the sequence context is growing too long we must crop it at block_size
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            # pluck the logits at the final step and scale by desired temperature
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("Inf")
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
-
-
-def _padding_positions_and_mask(pad, total_len, step_len):
-    """Positions (B, step_len) and attention mask (B, 1, step_len, total_len) for left-padded rows,
-    or (None, None) when no row is padded so attention takes its fastest path."""
-    if not bool((pad > 0).any()):
-        return None, None
-    device = pad.device
-    absolute = torch.arange(total_len - step_len, total_len, device=device)  # positions of this step's tokens
-    positions = (absolute.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)  # (B, step_len)
-    keys = torch.arange(total_len, device=device)
-    causal = keys.unsqueeze(0) <= absolute.unsqueeze(1)  # (step_len, total_len)
-    real_key = keys.unsqueeze(0) >= pad.unsqueeze(1)  # (B, total_len)
-    mask = causal.unsqueeze(0) & real_key.unsqueeze(1)  # (B, step_len, total_len)
-    # a padding query sees no real key; letting it see itself avoids an all-masked (NaN) softmax row
-    mask = mask | (keys.unsqueeze(0) == absolute.unsqueeze(1)).unsqueeze(0)
-    return positions, mask.unsqueeze(1)
-
-
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generators=None):
-    """One token per row from logits (B, V): temperature, then top-k, then top-p (nucleus)."""
-    logits = logits.float() / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float("Inf")
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_index = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens before it already reach top_p (the first token always stays)
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = drop_sorted.scatter(1, sorted_index, drop_sorted)
-        logits = logits.masked_fill(drop, -float("Inf"))
-    probs = F.softmax(logits, dim=-1)
-    if generators is None:
-        return torch.multinomial(probs, num_samples=1)
-    return torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
-
-
-# ---------------------------------------------------------------------- Hugging Face GPT-2 weights
-
-def from_hf_state_dict(hf_state):
-    """Map a Hugging Face GPT2LMHeadModel state dict onto ours: same names, four transposed Conv1D weights."""
-    out = {}
-    for key, value in hf_state.items():
-        if key.endswith(".attn.bias") or key.endswith(".attn.masked_bias"):
-            continue  # causal-mask buffers, not parameters
-        name = key if key.startswith("lm_head.") else (key if key.startswith("transformer.") else "transformer." + key)
-        out[name] = value.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else value
-    if "lm_head.weight" not in out:
-        out["lm_head.weight"] = out["transformer.wte.weight"]  # tied; safetensors stores it once
-    return out
-
-
-def to_hf_state_dict(state):
-    """Our state dict in GPT2LMHeadModel's layout (the inverse of from_hf_state_dict)."""
-    return {key: (value.t().contiguous() if key.endswith(CONV1D_SUFFIXES) else value) for key, value in state.items()}
-
-
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def _read_safetensors(path):
-    """Read a .safetensors file with torch alone: an 8-byte header length, a JSON header, raw tensor bytes."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        data = bytearray(f.read())
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        flat = torch.frombuffer(data[start:end], dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
-        tensors[name] = flat.reshape(info["shape"]).clone()
-    return tensors
-
-
-def _read_hf_weights(directory):
-    safetensors_path = os.path.join(directory, "model.safetensors")
-    if os.path.exists(safetensors_path):
-        return _read_safetensors(safetensors_path)
-    bin_path = os.path.join(directory, "pytorch_model.bin")
-    if os.path.exists(bin_path):
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
-
-
-def _download_gpt2(name):
-    """Fetch an OpenAI GPT-2 checkpoint from the Hugging Face hub (needs network and huggingface_hub)."""
-    try:
-        from huggingface_hub import snapshot_download  # the one non-torch import, only on this online path
-    except ImportError as e:
-        raise ImportError(f"loading {name!r} from the hub needs `pip install nanogpt-ray[hf]`, "
-                          "or pass a local directory saved by save_pretrained") from e
-    return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])

@@ -27,22 +27,14 @@ import urllib.request
 
 import numpy as np
 
-from .config import PrepareConfig, load_config, split_args
+from .config import PrepareConfig
 from .corpus import PrepareError, decode, documents_of_unit, expand_inputs, plan_units
 from .files import atomic_write_text, open_temp_beside
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, token_dtype_for
 
 OPENWEBTEXT_HF = "openwebtext"
 PARALLEL_MIN_BYTES = 64 * 2**20  # parallel=None: below this, starting a local Ray cluster costs more than it saves
 
-
-def token_dtype_for(vocab_size: int) -> str:
-    """data.token_dtype_for's rule (uint16 whenever the vocabulary fits), restated so that prepare, and every
-    Ray tokenizer actor, runs without importing data.py's torch (200 MB and seconds per process)."""
-    return "uint16" if vocab_size <= 2**16 else "uint32"
-
-
-# ----------------------------------------------------------------------------- writing
 
 class SplitWriter:
     """train.bin and val.bin written under temporary names and renamed into place by commit(), so an
@@ -239,48 +231,9 @@ def tokenized_single(units: list[dict], job: dict):
         yield tokenize({key: [value] for key, value in unit.items()})
 
 
-def actor_pool_size(num_workers: int, units: int, wait_s: float = 15.0) -> int:
-    """num_workers, or one tokenizer actor per CPU of the cluster, as far as CPUs are free. Ray Data waits forever
-    for CPUs that other actors hold, so a cluster with none free is an error rather than a hang. CPUs held by
-    the actors of a dataset that just finished come back within seconds: give them that long."""
-    import ray  # [ray]
-
-    total = int(ray.cluster_resources().get("CPU", 0))
-    wanted = max(1, min(units, num_workers or total))
-    deadline = time.monotonic() + wait_s
-    while (free := int(ray.available_resources().get("CPU", 0))) < min(wanted, total) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    if free < 1:
-        raise PrepareError(f"no free CPU on the Ray cluster ({total} CPUs, all held by other actors or tasks): "
-                           "free some, or tokenize here with --parallel=False")
-    return min(wanted, free) if not num_workers else wanted
-
-
-def tokenized_ray(units: list[dict], job: dict, size: int):
-    """The work on Ray Data: units -> map_batches(TokenizeUnits) on `size` actors -> batches in input order."""
-    import ray  # [ray] only the parallel path needs Ray
-
-    context = ray.data.DataContext.get_current()
-    saved = context.execution_options.preserve_order, context.enable_progress_bars
-    context.execution_options.preserve_order = True  # [ray] output order = input order: bytes match one process
-    context.enable_progress_bars = False  # ours counts units and tokens
-    try:
-        remote_args = {}
-        if os.environ.get("TIKTOKEN_CACHE_DIR"):  # offline BPE ranks, for workers of a cluster started elsewhere
-            remote_args["runtime_env"] = {"env_vars": {"TIKTOKEN_CACHE_DIR": os.environ["TIKTOKEN_CACHE_DIR"]}}
-        # [ray] The units are tiny rows already in the object store; the tokenizer actors read their bytes
-        # themselves. A separate read stage would need CPUs of its own, and with every CPU held by the actor
-        # pool Ray Data would wait forever.
-        dataset = ray.data.from_items(units, override_num_blocks=len(units))
-        dataset = dataset.map_batches(TokenizeUnits, fn_constructor_args=(job,), batch_size=1, num_cpus=1,
-                                      compute=ray.data.ActorPoolStrategy(size=size), **remote_args)
-        yield from dataset.iter_batches(batch_size=None, prefetch_batches=1)  # [ray] streaming: bounded memory
-    finally:
-        context.execution_options.preserve_order, context.enable_progress_bars = saved
-
-
-def prepare_documents(cfg: PrepareConfig, paths: list[str]) -> dict:
-    """openwebtext / text: documents from files, tokenized on Ray Data (or in this process)."""
+def prepare_documents(cfg: PrepareConfig, paths: list[str], parallel_batches=None) -> dict:
+    """openwebtext / text: documents from files, tokenized in this process or, through `parallel_batches`
+    (cluster/prepare.py's Ray Data pipeline: (cfg, units, job) -> batches), in parallel."""
     units, total_bytes = plan_units(paths, cfg)
     encoding = tiktoken_encoding(cfg.tokenizer)
     check_writable(cfg.output_dir())  # everything is checked: from here on, work
@@ -288,24 +241,12 @@ def prepare_documents(cfg: PrepareConfig, paths: list[str]) -> dict:
     job = dict(txt_mode=cfg.txt_mode, field=cfg.field, tokenizer=cfg.tokenizer,
                val_fraction=cfg.resolved_val_fraction(), seed=cfg.seed, errors=cfg.errors)
     parallel = cfg.parallel if cfg.parallel is not None else total_bytes >= PARALLEL_MIN_BYTES and len(units) > 1
-    started_ray = False
-    if parallel:
-        import ray  # [ray]
-
-        if not ray.is_initialized():
-            local = not (cfg.address or os.environ.get("RAY_ADDRESS"))
-            extra = {"include_dashboard": False} if local else {}
-            ray.init(address=cfg.address or None, log_to_driver=False, **extra)  # [ray] a cluster, or a local one
-            started_ray = True
-        try:
-            size = actor_pool_size(cfg.num_workers, len(units))
-        except BaseException:
-            if started_ray:
-                ray.shutdown()
-            raise
-        batches = tokenized_ray(units, job, size)
-    else:
-        batches = tokenized_single(units, job)
+    if parallel and parallel_batches is None:
+        if cfg.parallel:
+            raise PrepareError("parallel=True tokenizes on Ray: run `nanogpt-ray prepare`, or call "
+                               "nanogpt_ray.cluster.prepare.prepare")
+        parallel = False
+    batches = parallel_batches(cfg, units, job) if parallel else tokenized_single(units, job)
 
     progress = _progress(len(units), cfg.progress)
     writer = SplitWriter(cfg.output_dir(), dtype)
@@ -342,11 +283,7 @@ def prepare_documents(cfg: PrepareConfig, paths: list[str]) -> dict:
         raise
     finally:
         progress.close()
-        batches.close()  # Ray Data's iterator cleans up now, while Ray is still up (not at exit, after our error line)
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        batches.close()  # the parallel pipeline cleans up now (not at exit, after our error line)
     return meta
 
 
@@ -388,33 +325,19 @@ def openwebtext_paths(cfg: PrepareConfig) -> list[str]:
 
 # ----------------------------------------------------------------------------- entry point
 
-def prepare(cfg: PrepareConfig) -> dict:
-    """Prepare cfg.dataset into cfg.output_dir(); print one summary line; return meta.json's contents."""
+def prepare(cfg: PrepareConfig, parallel_batches=None) -> dict:
+    """Prepare cfg.dataset into cfg.output_dir(); print one summary line; return meta.json's contents.
+    parallel_batches: how to tokenize in parallel (cluster/prepare.py passes Ray Data's); None: this process."""
     t0 = time.perf_counter()
     if cfg.dataset in ("shakespeare_char", "shakespeare"):
         meta = prepare_shakespeare(cfg)
     elif cfg.dataset == "openwebtext":
-        meta = prepare_documents(cfg, openwebtext_paths(cfg))
+        meta = prepare_documents(cfg, openwebtext_paths(cfg), parallel_batches)
     else:
-        meta = prepare_documents(cfg, expand_inputs(cfg.input))
+        meta = prepare_documents(cfg, expand_inputs(cfg.input), parallel_batches)
     seconds = time.perf_counter() - t0
     tokens = meta["train_tokens"] + meta["val_tokens"]
     print(f"prepared {cfg.output_dir()}: {meta['documents']:,} documents, {meta['train_tokens']:,} train + "
           f"{meta['val_tokens']:,} val tokens ({meta['dtype']}, vocab {meta['vocab_size']:,}) in {seconds:.1f} s "
           f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
     return meta
-
-
-def prepare_main(argv: list[str]) -> int:
-    from .cli import format_help, wants_help
-
-    if wants_help(argv):
-        print(format_help(PrepareConfig, "prepare <dataset>", "Tokenize a corpus into train.bin, val.bin and meta.json."))
-        return 0
-    files, overrides = split_args(argv)
-    # nanoGPT-style: the first bare argument naming a dataset is the dataset, the rest are config files
-    if files and not files[0].endswith(".py"):
-        overrides = [f"--dataset={files[0]}"] + overrides
-        files = files[1:]
-    prepare(load_config(PrepareConfig, files, overrides))
-    return 0

@@ -2,8 +2,8 @@
 
     nanogpt-ray sample --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
 
-`sample_main` is the command line; `load_sampler`, `resolve_tokenizer`, `read_start`, `encode_prompt` and
-`decode_tokens` are the pieces the Ray sampling actors (actors.py) reuse to serve whole files of prompts.
+`sample_main` is the command line; `load_sampler`, `resolve_tokenizer`, `read_start` and `encode_prompt`
+are the pieces the Ray sampling actors (cluster/sampling.py) reuse to serve whole files of prompts.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from typing import NamedTuple
 import torch
 
 from .checkpoint import load_model
-from .config import SampleConfig
+from .config import GPT2_VOCAB_SIZE, SampleConfig, UserError
 from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
-from .tokenizer import GPT2_VOCAB_SIZE, GPT2Tokenizer, read_meta, tokenizer_from_meta
+from .engine import generate
+from .tokenizer import GPT2Tokenizer, decode_tokens, read_meta, tokenizer_from_meta, unknown_chars_message
 
 SEPARATOR = "---------------"
 FILE_PREFIX = "FILE:"
 
 
-class SampleError(ValueError):
+class SampleError(UserError):
     """Sampling input a person has to fix (a prompt, a vocabulary); one line."""
 
 
@@ -89,22 +90,15 @@ def read_start(start: str) -> str:
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of a prompt; characters outside a char vocabulary are listed in one error line.
     An empty prompt starts from <|endoftext|> where the tokenizer has one."""
-    unknown = tokenizer.unknown_chars(text)
+    unknown = unknown_chars_message(tokenizer, text)
     if unknown:
-        shown = ", ".join(repr(ch) for ch in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
-        raise SampleError(f"the prompt has {len(unknown)} character(s) outside the model's "
-                          f"{tokenizer.vocab_size}-character vocabulary: {shown}")
+        raise SampleError(f"the prompt has {unknown}")
     ids = tokenizer.encode(text)
     if not ids:
         if tokenizer.eot_token is None:
             raise SampleError("the prompt is empty and a char vocabulary has no start token; pass --start=<text>")
         ids = [tokenizer.eot_token]
     return ids
-
-
-def decode_tokens(tokenizer, ids) -> str:
-    """Text of token ids; ids past the tokenizer's vocabulary (GPT-2's padded 50304 rows) are dropped."""
-    return tokenizer.decode([int(i) for i in ids if 0 <= int(i) < tokenizer.vocab_size])
 
 
 # ---------------------------------------------------------------------------- model
@@ -143,7 +137,7 @@ def generate_ids(sampler: Sampler, prompt_ids: list[int], num_samples: int, max_
         x = torch.tensor([prompt_ids] * len(rows), dtype=torch.long, device=device)
         generators = [torch.Generator(device=device).manual_seed(seed + i) for i in rows]
         with ctx:
-            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                generators=generators, context_shift=context_shift)
         yield from y.tolist()
 

@@ -1,4 +1,4 @@
-"""Ray Tune sweeps over learning rate and model size: `nanogpt-ray tune configs/sweep_*.py [--key=value]`.
+"""Sweeps over learning rate and model size, planned without Ray: `nanogpt-ray tune configs/sweep_*.py`.
 
 Every trial is one Ray Train run of nanoGPT's loop. Tune starts a tiny driver per trial (0.01 CPU) which
 builds the TorchTrainer exactly as `nanogpt-ray train` does and forwards its reports to Tune with
@@ -11,9 +11,8 @@ builds the TorchTrainer exactly as `nanogpt-ray train` does and forwards its rep
         tensorboard/      val and train loss per trial (`tensorboard --logdir ...`)
         trials/<trial>/   each trial's Ray Train run (checkpoints) and its out_dir
 
-The first half of the file is pure (configs, search spaces, concurrency) and unit-tested without Ray; the
-Ray calls live in `train_driver_fn` and `run_sweep` below the section rule. What a sweep writes at the end
-(table, results.csv, best_config.py, plots, scaling-law fit) is computed in sweep_results.py.
+This module is pure (configs, search spaces, concurrency, the final report) and unit-tested without Ray;
+cluster/tune.py runs the trials on Ray Tune. Tables, plots and the scaling-law fit come from sweep_results.py.
 """
 
 from __future__ import annotations
@@ -21,17 +20,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 from .config import (
+    PADDED_VOCAB_SIZE,
     PATH_KEYS,
     ConfigError,
     SweepConfig,
     TrainConfig,
     coerce,
     config_fields,
-    field_doc,
     load_config,
     model_preset,
     split_args,
@@ -150,22 +148,41 @@ def trial_train_config(base: TrainConfig, params: dict, **ray_settings) -> Train
 
 
 def count_params(n_layer: int, n_embd: int, vocab_size: int, bias: bool = False) -> int:
-    """GPT.get_num_params() without building the model: token embeddings in, position embeddings out."""
-    per_layer = 12 * n_embd * n_embd + 2 * n_embd  # c_attn 3n², c_proj n², c_fc 4n², mlp c_proj 4n², two LN weights
-    if bias:
-        per_layer += 3 * n_embd + n_embd + 4 * n_embd + n_embd + 2 * n_embd
-    return n_layer * per_layer + n_embd * (2 if bias else 1) + vocab_size * n_embd
+    """GPT.get_num_params() of a preset, built on the meta device (no memory, no init)."""
+    import torch
+
+    from .model import GPT, GPTConfig
+
+    with torch.device("meta"):
+        model = GPT(GPTConfig(n_layer=n_layer, n_head=1, n_embd=n_embd, vocab_size=vocab_size, bias=bias, block_size=8))
+    return model.get_num_params()
 
 
 def dataset_vocab_size(cfg: TrainConfig) -> int:
-    """meta.json's vocab_size (what the loop builds the model with), else GPT-2's padded 50304."""
+    """meta.json's vocab_size (what the loop builds the model with), else GPT-2's padded vocabulary."""
     from .tokenizer import read_meta
 
     try:
         meta = read_meta(cfg.dataset_dir())
     except Exception:  # an unreadable meta fails the trials themselves, with the loop's message
         meta = None
-    return int(meta["vocab_size"]) if meta and meta.get("vocab_size") else 50304
+    return int(meta["vocab_size"]) if meta and meta.get("vocab_size") else PADDED_VOCAB_SIZE
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial's driver needs besides its search-space point."""
+
+    sweep_dir: str
+    workers_per_trial: int
+    cpus_per_worker: float
+    use_gpu: bool
+
+    def train_overrides(self, trial_id: str) -> dict:
+        """Where a trial trains and on how many workers: its own out_dir and Ray Train run, named by trial id."""
+        trials_dir = os.path.join(self.sweep_dir, "trials")
+        return dict(out_dir=os.path.join(trials_dir, trial_id, "out"), storage_path=trials_dir, run_name=trial_id,
+                    num_workers=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
 
 
 def trial_concurrency(sweep: SweepConfig, cluster: dict, n_trials: int, use_gpu: bool = False) -> int:
@@ -191,56 +208,7 @@ def trial_concurrency(sweep: SweepConfig, cluster: dict, n_trials: int, use_gpu:
     return limit
 
 
-# ============================================================================= Ray below this line
-
-def train_driver_fn(config: dict, base: dict | None = None, settings: dict | None = None) -> None:
-    """One Tune trial: build this trial's TorchTrainer and run it; Train's reports reach Tune through the callback."""
-    from ray import tune  # Ray enters here
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from .launch import build_trainer
-
-    trial_id = tune.get_context().get_trial_id()
-    cfg = trial_train_config(TrainConfig(**base), config, **_trial_ray_settings(settings, trial_id))
-    # The run name is the trial id, which Tune keeps across restores: a resumed trial resumes its Train run
-    # (and a trial that had finished its run resumes at the end and trains zero iterations).
-    trainer = build_trainer(cfg, settings["use_gpu"], callbacks=[TuneReportCallback()])  # [ray] Train -> Tune
-    trainer.fit()
-
-
-def _trial_ray_settings(settings: dict, trial_id: str) -> dict:
-    trials_dir = os.path.join(settings["sweep_dir"], "trials")
-    return dict(out_dir=os.path.join(trials_dir, trial_id, "out"), storage_path=trials_dir, run_name=trial_id,
-                num_workers=settings["workers_per_trial"], cpus_per_worker=settings["cpus_per_worker"])
-
-
-def _init_ray(sweep: SweepConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    from .launch import DEFAULT_HEALTH_CHECK_INTERVAL_S, WORKER_ENV_VARS, warn_about_other_ray_instances
-
-    # each trial's driver runs in a Tune actor: what its Train controller and workers read must travel with the job
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
-    env = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", *WORKER_ENV_VARS) if k in os.environ}
-    address = sweep.address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs = dict(runtime_env={"env_vars": env}) if env else {}
-    if address == "local":
-        # the dashboard must run: without it, trials that ASHA stops leak their placement groups
-        kwargs["include_dashboard"] = True
-    ray.init(address=address, **kwargs)
-    warn_about_other_ray_instances()
-
-
-def _tune_space(axes: dict[str, tuple]) -> dict:
-    from ray import tune
-
-    space = {}
-    for key, axis in axes.items():
-        space[key] = tune.grid_search(axis[1]) if axis[0] == "grid" else tune.loguniform(axis[1], axis[2])
-    return space
-
+# ----------------------------------------------------------------------------- the report
 
 @dataclass
 class SweepReport:
@@ -254,64 +222,6 @@ class SweepReport:
     scaling_fit: tuple | None = None
     concurrency: int = 0
     """Trials that ran at once (derived from the cluster when the sweep started)."""
-
-
-def run_sweep(sweep: SweepConfig) -> SweepReport:
-    """Run (or resume) the sweep on the connected Ray cluster, then write results, best config and plots."""
-    base = base_train_config(sweep)
-    axes = search_axes(sweep, base)
-    scheduler = "none" if sweep.scaling_law else sweep.scheduler
-    if sweep.scaling_law and sweep.scheduler == "asha":
-        print("scaling_law: every size runs the whole token budget, so ASHA is off for this sweep")
-    n_trials = num_trials(axes, sweep.num_samples)
-    sweep_dir = os.path.abspath(sweep.sweep_dir())
-
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from .launch import check_cluster, check_dataset, resolve_use_gpu
-
-    check_dataset(base)  # a missing dataset fails here in one line, not in every trial
-    _init_ray(sweep)
-    first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
-    use_gpu = resolve_use_gpu(first_trial, ray.cluster_resources().get("GPU", 0))
-    concurrency = trial_concurrency(sweep, ray.cluster_resources(), n_trials, use_gpu=use_gpu)
-    check_cluster(first_trial)  # the workers of one trial fit on the nodes as they are split up
-    print(f"sweep {sweep.sweep_name}: {n_trials} trials, {concurrency} at a time "
-          f"({sweep.workers_per_trial} workers x {sweep.cpus_per_worker:g} CPU each), results in {sweep_dir}")
-    # Train reports val_loss only at eval points; the other reports (train loss, lr) must not fail Tune's check.
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-
-    settings = dict(sweep_dir=sweep_dir, workers_per_trial=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
-                    use_gpu=use_gpu)
-    resources = {"cpu": DRIVER_CPUS}
-    trainable = tune.with_resources(tune.with_parameters(train_driver_fn, base=dataclasses.asdict(base), settings=settings),
-                                    resources)
-    if sweep.resume and tune.Tuner.can_restore(sweep_dir):
-        print(f"resuming sweep {sweep_dir}: finished trials are kept, unfinished ones continue")
-        tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        if os.path.exists(os.path.join(sweep_dir, "tuner.pkl")) and not sweep.resume:
-            raise SweepError(f"sweep {sweep_dir} already exists; pass --resume=True to continue it, "
-                             "or choose another --sweep_name")
-        sched = None
-        if scheduler == "asha":
-            grace = sweep.grace_period or 2 * base.eval_interval
-            sched = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode="min", max_t=max(base.max_iters, grace),
-                                  grace_period=grace, reduction_factor=sweep.reduction_factor)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_tune_space(axes),
-            tune_config=tune.TuneConfig(scheduler=sched, num_samples=sweep.num_samples, max_concurrent_trials=concurrency),
-            run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=os.path.dirname(sweep_dir),
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=1),
-        )
-    result_grid = tuner.fit()
-    records = records_from_results(result_grid, base)
-    report = write_report(sweep, base, records, sweep_dir)
-    report.concurrency = concurrency
-    return report
 
 
 def records_from_results(result_grid, base: TrainConfig) -> list[TrialRecord]:
@@ -390,29 +300,3 @@ def write_report(sweep: SweepConfig, base: TrainConfig, records: list[TrialRecor
     tb_dir = write_tensorboard(records, os.path.join(sweep_dir, "tensorboard"))
     print(f"results: {report.results_csv}\nplots: {plots_dir}\ntensorboard: tensorboard --logdir {tb_dir}")
     return report
-
-
-def format_help() -> str:
-    lines = ["usage: nanogpt-ray tune [sweep config files] [--key=value ...]", "",
-             "Sweep learning rate and model size with Ray Tune (ASHA early stopping); each trial is a Ray Train run.",
-             "", "keys (default: meaning):"]
-    for f in dataclasses.fields(SweepConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        doc = field_doc(SweepConfig, f.name)
-        lines.append(f"  --{f.name}={default!r}" + (f"  {doc}" if doc else ""))
-    from .config import MODEL_PRESETS
-
-    lines += ["", "model presets: " + ", ".join(f"{k} ({v['n_layer']}/{v['n_head']}/{v['n_embd']})" for k, v in MODEL_PRESETS.items())]
-    return "\n".join(lines)
-
-
-def tune_main(argv: list[str]) -> int:
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(format_help())
-        return 0
-    report = run_sweep(load_sweep(argv))
-    return 0 if report.rows and report.rows[0]["best_val_loss"] is not None else 1
-
-
-if __name__ == "__main__":
-    sys.exit(tune_main(sys.argv[1:]))

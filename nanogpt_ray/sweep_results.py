@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .config import PATH_KEYS, TrainConfig, field_doc
+from .config import PATH_KEYS, TrainConfig, UserError, field_doc
 from .files import atomic_open, atomic_write_text
 
 METRIC = "val_loss"
@@ -20,7 +20,7 @@ TIME_ATTR = "iter"
 """ASHA's clock: training iterations, as reported by the train loop."""
 
 
-class SweepError(ValueError):
+class SweepError(UserError):
     """A sweep that cannot run as asked; one line that says why and what to change."""
 
 

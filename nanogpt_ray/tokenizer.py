@@ -11,14 +11,20 @@ import json
 import os
 import pickle
 
+from .config import GPT2_VOCAB_SIZE, UserError
+
 GPT2_EOT = 50256
-GPT2_VOCAB_SIZE = 50257
 # Pattern of r50k_base/gpt2; kept here so an explicit ranks file needs nothing else from tiktoken_ext.
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 RANKS_ENV = "NANOGPT_RAY_GPT2_RANKS"
 
 
-class TokenizerError(ValueError):
+def token_dtype_for(vocab_size: int) -> str:
+    """uint16 whenever the vocabulary fits (what nanoGPT's loader reads), uint32 beyond 65,536 tokens."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+class TokenizerError(UserError):
     """Text or a vocabulary file a person has to fix; one line."""
 
 
@@ -149,3 +155,17 @@ def tokenizer_from_meta(meta: dict | None):
     if meta and meta.get("tokenizer", "char" if "chars" in meta else "gpt2") == "char":
         return CharTokenizer(meta["chars"])
     return GPT2Tokenizer()
+
+
+def unknown_chars_message(tokenizer, text: str) -> str | None:
+    """None when every character of text is in the vocabulary, else one line listing (up to 20 of) the others."""
+    unknown = tokenizer.unknown_chars(text)
+    if not unknown:
+        return None
+    shown = ", ".join(repr(ch) for ch in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
+    return f"{len(unknown)} character(s) outside the model's {tokenizer.vocab_size}-character vocabulary: {shown}"
+
+
+def decode_tokens(tokenizer, ids) -> str:
+    """Text of token ids; ids past the tokenizer's vocabulary (the padded rows of GPT-2's 50304) are dropped."""
+    return tokenizer.decode([int(i) for i in ids if 0 <= int(i) < tokenizer.vocab_size])

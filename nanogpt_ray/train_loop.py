@@ -1,9 +1,8 @@
-"""nanoGPT's train.py as one function, `train_loop_per_worker(config)`, run by every Ray Train worker.
+"""nanoGPT's train.py as one function, `train(config, runtime)`, run by every worker. No Ray in this file.
 
-Read it top to bottom like nanoGPT's train.py. The few places where Ray enters are marked `# [ray]` and
-all sit behind `Reporter`, a small seam: under Ray Train it calls `ray.train.report`/`get_checkpoint`,
-without Ray (`python -c "from nanogpt_ray.train_loop import run_bare; ..."`, a GPU box without Ray, the
-speed benchmark) it only logs. This is the only module that calls `ray.train.*` inside workers.
+Read `train` top to bottom like nanoGPT's train.py. Whatever depends on how the process was launched sits
+behind `Runtime`: this module's plain Runtime serves one process, torchrun and the GPU check script;
+`cluster/train.py` builds the Ray one (report to Ray Train, the checkpoint Ray restored, the GPU Ray assigned).
 
 Contracts worth knowing before reading the loop:
 - Global batch: `gradient_accumulation_steps` is global (as in nanoGPT) and split across workers; each
@@ -12,8 +11,8 @@ Contracts worth knowing before reading the loop:
   torch.Generator seeded with `seed + k`; worker r runs micro-steps r*m .. r*m+m-1 (m per worker). The batch
   stream is therefore the same for 1 worker x accumulation 2 and 2 workers x accumulation 1, and saving the
   generators' states resumes it exactly.
-- Reports: every rank reports at the same iterations (a report is a barrier): each `log_interval`, each
-  eval, and at the end. Rank 0 attaches the checkpoint (a directory with our ckpt.pt).
+- Reports: every rank reports at the same iterations (a report is a barrier under Ray): each `log_interval`,
+  each eval, and at the end. Rank 0 attaches the checkpoint (a directory with our ckpt.pt).
 - Eval: eval_iters batches per split, batch j drawn from a generator seeded by (seed, split, j), shared out
   round-robin over the ranks and all-reduced, so val loss does not depend on the worker count.
 - Non-finite loss: the step is skipped and every rank rolls back to the last checkpoint, at most
@@ -27,34 +26,37 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import torch
 
 from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import GPT2_PRESETS, TrainConfig, from_dict, to_dict
+from .config import GPT2_PRESETS, PADDED_VOCAB_SIZE, TrainConfig, UserError, from_dict, to_dict
 from .data import check_block_size, get_batch, load_split
-from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
+from .device import autocast_context, default_peak_flops, enable_tf32, resolve_device, resolve_dtype
 from .files import atomic_copy
+from .hf import from_pretrained
 from .model import GPT, GPTConfig
 from .tokenizer import read_meta
 
 INJECT_NAN_ENV = "NANOGPT_RAY_INJECT_NAN_AT_ITER"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """The loss stayed non-finite after every allowed rollback."""
 
 
-# ----------------------------------------------------------------------------- the Ray seam
+# ----------------------------------------------------------------------------- the runtime seam
 
-class Reporter:
-    """Training without Ray: one process (or torchrun), reports go to stdout and `history`."""
-
-    in_ray = False
+class Runtime:
+    """How the loop reaches the world outside it. This plain one trains in one process (or every rank of
+    torchrun): reports go to `history`, rollbacks reload out_dir/ckpt.pt. It also keeps the wall-clock
+    figures benchmarks compare: tokens/s from the first log report on, and the seconds spent reporting."""
 
     def __init__(self):
         import torch.distributed as dist
@@ -63,114 +65,68 @@ class Reporter:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.history: list[dict] = []
+        self.report_time_s = 0.0  # seconds inside metrics-only reports (a barrier plus a hand-off under Ray)
+        self._first_log: tuple[float, int] | None = None  # (time, iter) of the first log report
 
     def device(self, requested: str) -> str:
         device = resolve_device(requested)
-        if device == "cuda":
-            device = f"cuda:{self.local_rank}"
-        return device
+        return f"cuda:{self.local_rank}" if device == "cuda" else device
 
     def node_id(self) -> str:
-        import socket
-
         return socket.gethostname()
 
     def restored_checkpoint_dir(self) -> str | None:
-        """A checkpoint the framework hands back after a restart; none without Ray."""
+        """A checkpoint the launcher hands back after a restart; none in a plain process."""
         return None
-
-    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-        self.history.append(dict(metrics))
 
     def latest_checkpoint_dir(self, out_dir: str) -> str | None:
         """Where a NaN rollback reloads from."""
         path = os.path.join(out_dir, CKPT_NAME)
         return path if os.path.exists(path) else None
 
-
-class RayReporter(Reporter):
-    """Training under Ray Train's TorchTrainer."""
-
-    in_ray = True
-
-    def __init__(self):
-        import ray.train  # [ray]
-
-        context = ray.train.get_context()  # [ray]
-        self.world_size = context.get_world_size()
-        self.rank = context.get_world_rank()
-        self.local_rank = context.get_local_rank()
-        self.history = []
-
-    def device(self, requested: str) -> str:
-        if requested != "auto":
-            return resolve_device(requested)
-        import ray.train.torch  # [ray]
-
-        return str(ray.train.torch.get_device())  # [ray] the GPU Ray assigned to this worker, or cpu
-
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()  # [ray]
-
-    def restored_checkpoint_dir(self) -> str | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()  # [ray] set when Ray restarts the group or resumes the run
-        if checkpoint is None:
-            return None
-        return _materialize(checkpoint)
+    def wait_committed(self) -> None:
+        """Block until every checkpoint reported so far is persisted (instant here: save_checkpoint is)."""
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-        import ray.train
+        """Every rank calls this at the same iterations; rank 0 passes the checkpoint directory, if any."""
+        metrics = dict(metrics, report_time_s=self.report_time_s, wall_tokens_per_s=self._wall_tokens_per_s(metrics))
+        t0 = time.perf_counter()
+        self.history.append(metrics)
+        self.send(metrics, checkpoint_dir)
+        if checkpoint_dir is None:
+            self.report_time_s += time.perf_counter() - t0
 
-        self.history.append(dict(metrics))
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)  # [ray] a barrier: every rank reports
+    def send(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        """Hand a report to the launcher; nothing to do in a plain process."""
 
-    def latest_checkpoint_dir(self, out_dir: str) -> str | None:
-        import ray.train
-
-        # [ray] blocks until every report so far is committed, so all ranks see the same latest checkpoint
-        reported = ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-        if reported:
-            latest = max(reported, key=lambda r: r.metrics.get("iter", -1))
-            return _materialize(latest.checkpoint)
-        return self.restored_checkpoint_dir()
-
-    def wait_committed(self) -> None:
-        import ray.train
-
-        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-
-
-def _materialize(checkpoint) -> str:
-    """A local directory holding the checkpoint's files (downloaded when storage is remote)."""
-    local = checkpoint.path if checkpoint.filesystem.type_name == "local" else None
-    if local and os.path.isdir(local):
-        return local
-    return checkpoint.to_directory(tempfile.mkdtemp(prefix="nanogpt-ckpt-"))
+    def _wall_tokens_per_s(self, metrics: dict) -> float:
+        """Tokens/s from the first log report to now, everything included (eval, reports, checkpoints)."""
+        now, it = time.time(), int(metrics.get("iter", 0))
+        if "ms_per_iter" in metrics and self._first_log is None:
+            self._first_log = (now, it)
+        if self._first_log is None or it <= self._first_log[1]:
+            return 0.0
+        return metrics.get("tokens_per_iter", 0) * (it - self._first_log[1]) / (now - self._first_log[0])
 
 
-def make_reporter() -> Reporter:
-    """RayReporter inside a Ray Train worker, the bare Reporter anywhere else."""
-    return RayReporter() if _in_train_worker() else Reporter()
+# ----------------------------------------------------------------------------- state and helpers
 
+@dataclass
+class TrainState:
+    """Everything a checkpoint saves and a rollback restores."""
 
-def _in_train_worker() -> bool:
-    if "ray" not in sys.modules:  # a process that never imported ray is not a Ray worker
-        return False
-    try:
-        from ray.train.v2._internal.execution.context import get_train_context
+    model: GPT  # the bare model: its state_dict has no _orig_mod./module. prefixes
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generators: dict[int, torch.Generator]  # the data stream of each global micro-step this worker runs
+    model_args: dict
+    iter_num: int = 0
+    best_val_loss: float = 1e9
+    wandb_run_id: str | None = None
+    resumed_from: int = 0
+    nan_rollbacks: int = 0
+    meta: dict = field(default_factory=dict)  # rank, world size, device type: what the RNG states belong to
 
-        get_train_context()  # raises outside a Ray Train worker
-        return True
-    except Exception:
-        return False
-
-
-# ----------------------------------------------------------------------------- helpers
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to min_lr at lr_decay_iters, then min_lr (nanoGPT's schedule)."""
@@ -185,7 +141,7 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def _nan_injection() -> tuple[int, int] | None:
+def nan_injection() -> tuple[int, int] | None:
     value = os.environ.get(INJECT_NAN_ENV, "")
     if not value:
         return None
@@ -193,7 +149,7 @@ def _nan_injection() -> tuple[int, int] | None:
     return int(at), int(times or 1)
 
 
-def _all_gather(obj, world_size: int) -> list:
+def all_gather(obj, world_size: int) -> list:
     if world_size == 1:
         return [obj]
     import torch.distributed as dist
@@ -203,7 +159,7 @@ def _all_gather(obj, world_size: int) -> list:
     return out
 
 
-def _all_reduce_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
     if world_size > 1:
         import torch.distributed as dist
 
@@ -211,37 +167,169 @@ def _all_reduce_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
     return t
 
 
-def log(reporter: Reporter, msg: str) -> None:
-    if reporter.rank == 0:
+def log(runtime: Runtime, msg: str) -> None:
+    if runtime.rank == 0:
         print(msg, flush=True)
+
+
+def build_model(cfg: TrainConfig, ckpt: dict | None, meta_vocab_size: int | None, runtime: Runtime):
+    """(model, model_args): from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size."""
+    if ckpt is not None:
+        model, model_args = model_from_checkpoint(ckpt, dropout=cfg.dropout), dict(ckpt["model_args"])
+    elif cfg.init_from in GPT2_PRESETS or os.path.isdir(cfg.init_from):
+        log(runtime, f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
+        model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
+        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
+        model_args["dropout"] = cfg.dropout
+    else:
+        model_args = dict(cfg.model_args(), vocab_size=meta_vocab_size or PADDED_VOCAB_SIZE)
+        model = GPT(GPTConfig(**model_args))
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)  # e.g. finetune GPT-2 (1024) with a shorter context
+        model_args["block_size"] = cfg.block_size
+    return model, model_args
+
+
+def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -> None:
+    """Optimizer, scaler and every RNG stream from a checkpoint (the model is loaded separately)."""
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    extra = ckpt.get("resume", {})
+    if extra.get("scaler"):
+        state.scaler.load_state_dict(extra["scaler"])
+    streams = extra.get("data_rng", [])
+    if len(streams) == cfg.gradient_accumulation_steps:
+        for k, generator in state.generators.items():
+            generator.set_state(streams[k])
+    elif streams:
+        log(runtime, "checkpoint has a different gradient_accumulation_steps: the batch stream restarts")
+    rank, world_size = runtime.rank, runtime.world_size
+    torch_rng = extra.get("torch_rng", [])
+    if len(torch_rng) == world_size:  # dropout RNGs only carry over with the same worker count
+        torch.set_rng_state(torch_rng[rank])
+        cuda_rng = extra.get("cuda_rng", [])
+        if state.meta["device_type"] == "cuda" and len(cuda_rng) == world_size and cuda_rng[rank].numel():
+            torch.cuda.set_rng_state(cuda_rng[rank])
+
+
+def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> dict | None:
+    """The nanoGPT dict plus what exact resume needs; gathered on every rank, returned on rank 0."""
+    world_size = runtime.world_size
+    data_rng = all_gather([g.get_state() for g in state.generators.values()], world_size)
+    torch_rng = all_gather(torch.get_rng_state(), world_size)
+    on_cuda = state.meta["device_type"] == "cuda"
+    cuda_rng = all_gather(torch.cuda.get_rng_state() if on_cuda else torch.empty(0, dtype=torch.uint8), world_size)
+    if runtime.rank != 0:
+        return None
+    return {
+        "model": clean_state_dict(state.model.state_dict()),
+        "optimizer": state.optimizer.state_dict(),
+        "model_args": state.model_args,
+        "iter_num": state.iter_num,
+        "best_val_loss": float(state.best_val_loss),
+        "config": to_dict(cfg),
+        "resume": {
+            "data_rng": [s for rank_states in data_rng for s in rank_states],  # index = global micro-step
+            "torch_rng": torch_rng,
+            "cuda_rng": cuda_rng,
+            "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
+            "wandb_run_id": state.wandb_run_id,
+            "num_workers": world_size,
+        },
+    }
+
+
+def report_with_checkpoint(state: TrainState, cfg: TrainConfig, runtime: Runtime, metrics: dict) -> None:
+    """Every rank calls this; rank 0 writes the checkpoint, the runtime persists it, then out_dir gets a copy."""
+    ckpt = checkpoint_dict(state, cfg, runtime)
+    tmp_dir = tempfile.mkdtemp(prefix="nanogpt-ckpt-") if runtime.rank == 0 else None
+    try:
+        if tmp_dir:
+            save_checkpoint(ckpt, os.path.join(tmp_dir, CKPT_NAME))
+        runtime.report(metrics, checkpoint_dir=tmp_dir)
+        if tmp_dir:
+            runtime.wait_committed()  # out_dir/ckpt.pt appears only once the runtime has the same checkpoint
+            # the latest good checkpoint also lands in out_dir, so `sample --init_from=resume` works as in
+            # nanoGPT (atomically: a kill never leaves half a file)
+            atomic_copy(os.path.join(tmp_dir, CKPT_NAME), os.path.join(cfg.out_dir, CKPT_NAME))
+    finally:
+        if tmp_dir:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def rollback(state: TrainState, cfg: TrainConfig, runtime: Runtime, bad_iter: int) -> None:
+    """After a non-finite loss: weights, optimizer and data streams back to the latest checkpoint."""
+    source = runtime.latest_checkpoint_dir(cfg.out_dir)
+    if source is None:
+        raise NonFiniteLossError(f"loss is not finite at iteration {bad_iter} and there is no checkpoint to roll back to; "
+                                 "lower learning_rate or check the data")
+    ckpt = load_checkpoint(source, map_location="cpu")
+    state.model.load_state_dict(clean_state_dict(ckpt["model"]))
+    restore(state, ckpt, cfg, runtime)
+    state.iter_num, state.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def estimate_loss(model, cfg: TrainConfig, splits: dict, ctx, device: str, runtime: Runtime) -> dict:
+    """Mean loss over eval_iters fixed batches per split; batch j runs on rank j % world_size."""
+    out = {}
+    model.eval()
+    for split, data in splits.items():
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        for j in range(runtime.rank, cfg.eval_iters, runtime.world_size):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "val" else 0) * 7_919 + j)
+            X, Y = get_batch(data, cfg.batch_size, cfg.block_size, g, device)
+            with ctx:
+                _, loss = model(X, Y)
+            totals[0] += loss.double()
+            totals[1] += 1
+        all_reduce_sum(totals, runtime.world_size)
+        out[split] = (totals[0] / totals[1]).item()
+    model.train()
+    return out
+
+
+def load_data(cfg: TrainConfig) -> dict:
+    data_dir = cfg.dataset_dir()
+    splits = {split: load_split(data_dir, split) for split in ("train", "val")}
+    for split, data in splits.items():
+        check_block_size(data, cfg.block_size, os.path.join(data_dir, f"{split}.bin"))
+    return splits
+
+
+def init_wandb(cfg: TrainConfig, state: TrainState, runtime: Runtime):
+    if not (cfg.wandb_log and runtime.rank == 0):
+        return None
+    import wandb
+
+    state.wandb_run_id = state.wandb_run_id or uuid.uuid4().hex[:8]
+    return wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=to_dict(cfg),
+                      id=state.wandb_run_id, resume="allow", dir=cfg.out_dir)
 
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_loop_per_worker(config: dict, reporter: Reporter | None = None) -> None:
-    """What TorchTrainer runs on every worker. Returns nothing: Ray pickles a return value back to the
-    controller (which then imports this module), so results travel through reports only."""
-    train(config, reporter or make_reporter())
+def train(config: dict, runtime: Runtime) -> Runtime:
+    """nanoGPT's train.py body; `runtime` says how this process was launched.
 
-
-def train(config: dict, reporter: Reporter) -> Reporter:
-    """nanoGPT's train.py body; `reporter` decides whether Ray is underneath."""
+    Longer than our ~120-line rule on purpose: like nanoGPT's train.py it reads top to bottom in one place
+    (setup, then the loop); every piece that is not the loop itself is a function above."""
     cfg = from_dict(TrainConfig, config)
-    rank, world_size = reporter.rank, reporter.world_size
+    rank, world_size = runtime.rank, runtime.world_size
     master_process = rank == 0
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise ValueError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by the "
                          f"{world_size} workers")
     m = cfg.gradient_accumulation_steps // world_size  # micro-steps on this worker
     tokens_per_iter = cfg.tokens_per_iter()
-    log(reporter, f"tokens per iteration will be: {tokens_per_iter:,} "
-                  f"({cfg.gradient_accumulation_steps} micro-steps x {cfg.batch_size} x {cfg.block_size}; "
-                  f"{world_size} workers x {m} each)")
+    log(runtime, f"tokens per iteration will be: {tokens_per_iter:,} "
+                 f"({cfg.gradient_accumulation_steps} micro-steps x {cfg.batch_size} x {cfg.block_size}; "
+                 f"{world_size} workers x {m} each)")
     if master_process:
         os.makedirs(cfg.out_dir, exist_ok=True)
 
     # ------------------------------------------------------------------ device, precision
-    device = reporter.device(cfg.device)
+    device = runtime.device(cfg.device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     if device_type == "cuda":
         torch.cuda.set_device(device)
@@ -251,208 +339,78 @@ def train(config: dict, reporter: Reporter) -> Reporter:
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank, as nanoGPT's seed_offset
 
     # ------------------------------------------------------------------ data
-    data_dir = cfg.dataset_dir()
-    train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
-    check_block_size(train_data, cfg.block_size, os.path.join(data_dir, "train.bin"))
-    check_block_size(val_data, cfg.block_size, os.path.join(data_dir, "val.bin"))
+    splits = load_data(cfg)
     my_streams = range(rank * m, rank * m + m)  # the global micro-steps this worker runs
-    generators = {k: torch.Generator().manual_seed(cfg.seed + k) for k in my_streams}
 
     # ------------------------------------------------------------------ model init
-    # [ray] after a worker failure (or a rerun of the same run) Ray hands back the latest checkpoint
-    ckpt_source = reporter.restored_checkpoint_dir()
+    # after a worker failure (or a rerun of the same run) the runtime hands back the latest checkpoint
+    ckpt_source = runtime.restored_checkpoint_dir()
     if ckpt_source is None and cfg.init_from == "resume":
         ckpt_source = cfg.out_dir
     ckpt = load_checkpoint(ckpt_source, map_location="cpu") if ckpt_source else None
-    iter_num, best_val_loss, wandb_run_id = 0, 1e9, None
-    meta = read_meta(data_dir)
-    meta_vocab_size = meta.get("vocab_size") if meta else None
     if ckpt is not None:
-        log(reporter, f"resuming from iteration {ckpt['iter_num']} ({ckpt_source})")
-        model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
-        model_args = dict(ckpt["model_args"])
-        iter_num, best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
-        wandb_run_id = ckpt.get("resume", {}).get("wandb_run_id")
-    elif cfg.init_from in GPT2_PRESETS or os.path.isdir(cfg.init_from):
-        log(reporter, f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
-        model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout))
-        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
-        model_args["dropout"] = cfg.dropout
-    else:
-        model_args = dict(cfg.model_args(), vocab_size=meta_vocab_size or 50304)
-        model = GPT(GPTConfig(**model_args))
-    if cfg.block_size < model.config.block_size:
-        model.crop_block_size(cfg.block_size)  # e.g. finetune GPT-2 (1024) with a shorter context
-        model_args["block_size"] = cfg.block_size
-    resumed_from = iter_num
+        log(runtime, f"resuming from iteration {ckpt['iter_num']} ({ckpt_source})")
+    meta = read_meta(cfg.dataset_dir())
+    model, model_args = build_model(cfg, ckpt, meta.get("vocab_size") if meta else None, runtime)
     model.to(device)
-    raw_model = model  # the plain GPT: its state_dict has no _orig_mod./module. prefixes
-
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # loss scaling only for fp16
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-
-    def restore(state: dict) -> None:
-        """Optimizer, scaler and every RNG stream from a checkpoint (the model is loaded separately)."""
-        optimizer.load_state_dict(state["optimizer"])
-        extra = state.get("resume", {})
-        if "scaler" in extra and extra["scaler"]:
-            scaler.load_state_dict(extra["scaler"])
-        streams = extra.get("data_rng", [])
-        if len(streams) == cfg.gradient_accumulation_steps:
-            for k in my_streams:
-                generators[k].set_state(streams[k])
-        elif streams:
-            log(reporter, "checkpoint has a different gradient_accumulation_steps: the batch stream restarts")
-        torch_rng = extra.get("torch_rng", [])
-        if len(torch_rng) == world_size:  # dropout RNGs only carry over with the same worker count
-            torch.set_rng_state(torch_rng[rank])
-            cuda_rng = extra.get("cuda_rng", [])
-            if device_type == "cuda" and len(cuda_rng) == world_size and cuda_rng[rank].numel():
-                torch.cuda.set_rng_state(cuda_rng[rank])
-
-    if ckpt is not None and "optimizer" in ckpt:
-        restore(ckpt)
+    state = TrainState(
+        model=model,
+        optimizer=model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type),
+        scaler=torch.amp.GradScaler(device_type, enabled=(dtype == "float16")),  # loss scaling only for fp16
+        generators={k: torch.Generator().manual_seed(cfg.seed + k) for k in my_streams},
+        model_args=model_args, meta=dict(device_type=device_type),
+    )
+    if ckpt is not None:
+        state.iter_num = state.resumed_from = int(ckpt["iter_num"])
+        state.best_val_loss = float(ckpt["best_val_loss"])
+        state.wandb_run_id = ckpt.get("resume", {}).get("wandb_run_id")
+        if "optimizer" in ckpt:
+            restore(state, ckpt, cfg, runtime)
     ckpt = None  # free memory
 
     if cfg.compile:
-        log(reporter, "compiling the model... (takes a ~minute)")
+        log(runtime, "compiling the model... (takes a ~minute)")
         model = torch.compile(model)
     if world_size > 1:
-        # [ray] TorchTrainer already initialised the process group (gloo on CPU, nccl on GPUs)
+        # the process group is up already (TorchTrainer or torchrun started it: gloo on CPU, nccl on GPUs)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         device_index = torch.device(device).index
         model = DDP(model, device_ids=[device_index] if device_type == "cuda" and device_index is not None else None)
     eval_model = model.module if world_size > 1 else model
-
-    # ------------------------------------------------------------------ wandb (rank 0 only)
-    wandb_run = None
-    if cfg.wandb_log and master_process:
-        import wandb
-
-        wandb_run_id = wandb_run_id or uuid.uuid4().hex[:8]
-        wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=to_dict(cfg),
-                               id=wandb_run_id, resume="allow", dir=cfg.out_dir)
-
-    node_ids = sorted(set(_all_gather(reporter.node_id(), world_size)))
-
-    # ------------------------------------------------------------------ eval and checkpoints
-    @torch.no_grad()
-    def estimate_loss() -> dict:
-        """Mean loss over eval_iters fixed batches per split; batch j runs on rank j % world_size."""
-        out = {}
-        eval_model.eval()
-        for split, data in (("train", train_data), ("val", val_data)):
-            totals = torch.zeros(2, dtype=torch.float64, device=device)
-            for j in range(rank, cfg.eval_iters, world_size):
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "val" else 0) * 7_919 + j)
-                X, Y = get_batch(data, cfg.batch_size, cfg.block_size, g, device)
-                with ctx:
-                    _, loss = eval_model(X, Y)
-                totals[0] += loss.double()
-                totals[1] += 1
-            _all_reduce_sum(totals, world_size)
-            out[split] = (totals[0] / totals[1]).item()
-        eval_model.train()
-        return out
-
-    def build_checkpoint() -> dict | None:
-        """The nanoGPT dict plus what exact resume needs; gathered on every rank, returned on rank 0."""
-        data_rng = _all_gather([generators[k].get_state() for k in my_streams], world_size)
-        torch_rng = _all_gather(torch.get_rng_state(), world_size)
-        cuda_rng = _all_gather(torch.cuda.get_rng_state() if device_type == "cuda" else torch.empty(0, dtype=torch.uint8),
-                               world_size)
-        if not master_process:
-            return None
-        return {
-            "model": clean_state_dict(raw_model.state_dict()),
-            "optimizer": optimizer.state_dict(),
-            "model_args": model_args,
-            "iter_num": iter_num,
-            "best_val_loss": float(best_val_loss),
-            "config": to_dict(cfg),
-            "resume": {
-                "data_rng": [state for rank_states in data_rng for state in rank_states],  # index = global micro-step
-                "torch_rng": torch_rng,
-                "cuda_rng": cuda_rng,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "wandb_run_id": wandb_run_id,
-                "num_workers": world_size,
-            },
-        }
-
-    def report(metrics: dict, with_checkpoint: bool) -> None:
-        """Every rank calls this at the same iterations; rank 0 attaches the checkpoint when asked."""
-        nonlocal report_time
-        metrics = dict(metrics, iter=iter_num, resumed_from=resumed_from, node_id=reporter.node_id(),
-                       wall_tokens_per_s=wall_tokens_per_s, report_time_s=report_time,
-                       node_ids=node_ids, world_size=world_size,
-                       nan_rollbacks=nan_rollbacks)
-        if not with_checkpoint:
-            t0 = time.time()
-            reporter.report(metrics)
-            report_time += time.time() - t0  # what Ray's report costs the loop (a barrier plus a queue hand-off)
-            return
-        state = build_checkpoint()
-        tmp_dir = tempfile.mkdtemp(prefix="nanogpt-ckpt-") if master_process else None
-        try:
-            if master_process:
-                save_checkpoint(state, os.path.join(tmp_dir, CKPT_NAME))
-            reporter.report(metrics, checkpoint_dir=tmp_dir)  # [ray] copied to storage_path before returning
-            if isinstance(reporter, RayReporter) and master_process:
-                reporter.wait_committed()  # out_dir/ckpt.pt appears only once Ray has the same checkpoint
-            if master_process:
-                # the latest good checkpoint also lands in out_dir, so `sample --init_from=resume` works as in
-                # nanoGPT (atomically: a kill never leaves half a file)
-                atomic_copy(os.path.join(tmp_dir, CKPT_NAME), os.path.join(cfg.out_dir, CKPT_NAME))
-        finally:
-            if tmp_dir:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
-
-    def rollback(bad_iter: int) -> None:
-        nonlocal iter_num, best_val_loss
-        source = reporter.latest_checkpoint_dir(cfg.out_dir)
-        if source is None:
-            raise NonFiniteLossError(f"loss is not finite at iteration {bad_iter} and there is no checkpoint to roll back to; "
-                                     "lower learning_rate or check the data")
-        state = load_checkpoint(source, map_location="cpu")
-        raw_model.load_state_dict(clean_state_dict(state["model"]))
-        restore(state)
-        iter_num, best_val_loss = int(state["iter_num"]), float(state["best_val_loss"])
-        optimizer.zero_grad(set_to_none=True)
+    wandb_run = init_wandb(cfg, state, runtime)
+    run_info = dict(node_ids=sorted(set(all_gather(runtime.node_id(), world_size))), world_size=world_size,
+                    node_id=runtime.node_id(), tokens_per_iter=tokens_per_iter)
 
     # ------------------------------------------------------------------ training loop
-    inject = _nan_injection()
-    injected = 0
-    nan_rollbacks = 0
+    inject, injected = nan_injection(), 0
     local_iter_num = 0
     running_mfu = -1.0
     step_time, steps_timed = 0.0, 0  # training time since the last log line (eval and reports left out)
-    # wall-clock throughput from the first log line on, everything included (eval, reports, checkpoints):
-    # what a benchmark of the loop bare vs under Ray compares
-    first_log, wall_tokens_per_s = None, 0.0
-    report_time = 0.0  # seconds spent in metrics-only reports
     while True:
-        lr = get_lr(iter_num, cfg)
-        for param_group in optimizer.param_groups:
+        lr = get_lr(state.iter_num, cfg)
+        for param_group in state.optimizer.param_groups:
             param_group["lr"] = lr
+        info = dict(run_info, iter=state.iter_num, resumed_from=state.resumed_from, nan_rollbacks=state.nan_rollbacks)
 
         # evaluate, report and checkpoint at eval_interval and at the end (every rank takes part)
-        at_end = iter_num >= cfg.max_iters
-        if iter_num % cfg.eval_interval == 0 or at_end or cfg.eval_only:
-            losses = estimate_loss()
-            log(reporter, f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            improved = losses["val"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val"])
+        at_end = state.iter_num >= cfg.max_iters
+        if state.iter_num % cfg.eval_interval == 0 or at_end or cfg.eval_only:
+            losses = estimate_loss(eval_model, cfg, splits, ctx, device, runtime)
+            log(runtime, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            improved = losses["val"] < state.best_val_loss
+            state.best_val_loss = min(state.best_val_loss, losses["val"])
             # nothing new to save at iteration 0 or right after a resume (the checkpoint just loaded is this one)
-            save = iter_num > resumed_from and not cfg.eval_only and (improved or cfg.always_save_checkpoint)
-            metrics = {"train_loss": losses["train"], "val_loss": losses["val"], "best_val_loss": best_val_loss, "lr": lr}
+            save = state.iter_num > state.resumed_from and not cfg.eval_only and (improved or cfg.always_save_checkpoint)
+            metrics = dict(info, train_loss=losses["train"], val_loss=losses["val"], best_val_loss=state.best_val_loss, lr=lr)
             if wandb_run is not None:
-                wandb_run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                               "mfu": running_mfu * 100}, step=iter_num)
-            report(metrics, with_checkpoint=save)
+                wandb_run.log({"iter": state.iter_num, "train/loss": losses["train"], "val/loss": losses["val"],
+                               "lr": lr, "mfu": running_mfu * 100}, step=state.iter_num)
             if save:
-                log(reporter, f"saved checkpoint at iteration {iter_num} to {cfg.out_dir}")
+                report_with_checkpoint(state, cfg, runtime, metrics)
+                log(runtime, f"saved checkpoint at iteration {state.iter_num} to {cfg.out_dir}")
+            else:
+                runtime.report(metrics)
         if cfg.eval_only or at_end:
             break
 
@@ -460,72 +418,69 @@ def train(config: dict, reporter: Reporter) -> Reporter:
         t_iter = time.time()
         loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
         streams = iter(my_streams)
-        X, Y = get_batch(train_data, cfg.batch_size, cfg.block_size, generators[next(streams)], device)
+        X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)
         for micro_step in range(m):
             if world_size > 1:
                 # no all-reduce until the last micro-step: one gradient sync per iteration, not m
                 model.require_backward_grad_sync = micro_step == m - 1
             with ctx:
                 _, loss = model(X, Y)
-                if inject and master_process and iter_num == inject[0] and injected < inject[1] and micro_step == 0:
+                if inject and master_process and state.iter_num == inject[0] and injected < inject[1] and micro_step == 0:
                     injected += 1
                     loss = loss * float("nan")  # test hook (NANOGPT_RAY_INJECT_NAN_AT_ITER)
                 loss_sum += loss.detach().double()
                 loss = loss / m  # DDP averages over ranks, so the gradient is the mean over all micro-steps
             if micro_step < m - 1:
                 # fetch the next micro-batch while the accelerator is still busy with this backward pass
-                X, Y = get_batch(train_data, cfg.batch_size, cfg.block_size, generators[next(streams)], device)
-            scaler.scale(loss).backward()
+                X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)
+            state.scaler.scale(loss).backward()
         # the iteration's mean loss over every rank: both the logged value and the NaN check all ranks agree on
-        loss_mean = _all_reduce_sum(loss_sum, world_size).item() / cfg.gradient_accumulation_steps
+        loss_mean = all_reduce_sum(loss_sum, world_size).item() / cfg.gradient_accumulation_steps
         if not math.isfinite(loss_mean):
-            nan_rollbacks += 1
-            if nan_rollbacks > cfg.max_nan_rollbacks:
-                raise NonFiniteLossError(f"loss is {loss_mean} at iteration {iter_num}; rolled back {nan_rollbacks - 1} "
-                                         f"times (max_nan_rollbacks={cfg.max_nan_rollbacks}); lower learning_rate or check the data")
-            bad_iter = iter_num
-            rollback(bad_iter)
-            log(reporter, f"loss is {loss_mean} at iteration {bad_iter}: rolled back to iteration {iter_num} "
-                          f"({nan_rollbacks}/{cfg.max_nan_rollbacks})")
+            state.nan_rollbacks += 1
+            if state.nan_rollbacks > cfg.max_nan_rollbacks:
+                raise NonFiniteLossError(f"loss is {loss_mean} at iteration {state.iter_num}; rolled back "
+                                         f"{state.nan_rollbacks - 1} times (max_nan_rollbacks={cfg.max_nan_rollbacks}); "
+                                         "lower learning_rate or check the data")
+            bad_iter = state.iter_num
+            rollback(state, cfg, runtime, bad_iter)
+            log(runtime, f"loss is {loss_mean} at iteration {bad_iter}: rolled back to iteration {state.iter_num} "
+                         f"({state.nan_rollbacks}/{cfg.max_nan_rollbacks})")
             continue
         if cfg.grad_clip != 0.0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)  # free the gradients' memory now
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)  # free the gradients' memory now
 
-        iter_num += 1
+        state.iter_num += 1
         local_iter_num += 1
         step_time += time.time() - t_iter
         steps_timed += 1
-        if iter_num % cfg.log_interval == 0:
+        if state.iter_num % cfg.log_interval == 0:
             dt = step_time / steps_timed  # mean seconds per training iteration since the last log line
             step_time, steps_timed = 0.0, 0
             if local_iter_num >= 5:  # let the first iterations (compile, warm-up) pass
-                mfu = raw_model.estimate_mfu(cfg.batch_size * m, dt)
+                mfu = state.model.estimate_mfu(cfg.batch_size * m, dt, default_peak_flops(device))  # cached
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             tokens_per_s = tokens_per_iter / dt
-            if first_log is None:
-                first_log = (time.time(), iter_num)
-            elif iter_num > first_log[1]:
-                wall_tokens_per_s = tokens_per_iter * (iter_num - first_log[1]) / (time.time() - first_log[0])
-            eta_s = (cfg.max_iters - iter_num) * dt
-            log(reporter, f"iter {iter_num}: loss {loss_mean:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s, "
-                          f"mfu {running_mfu * 100:.2f}%, lr {lr:.2e}, eta {eta_s / 60:.1f}min")
+            eta_s = (cfg.max_iters - state.iter_num) * dt
+            log(runtime, f"iter {state.iter_num}: loss {loss_mean:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s, "
+                         f"mfu {running_mfu * 100:.2f}%, lr {lr:.2e}, eta {eta_s / 60:.1f}min")
             if wandb_run is not None:
-                wandb_run.log({"iter": iter_num, "train/step_loss": loss_mean, "lr": lr, "tokens_per_s": tokens_per_s,
-                               "ms_per_iter": dt * 1000}, step=iter_num)
-            if iter_num % cfg.eval_interval != 0 and iter_num < cfg.max_iters:  # eval reports those iterations
-                report({"loss": loss_mean, "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_s,
-                        "mfu": running_mfu, "eta_s": eta_s}, with_checkpoint=False)
+                wandb_run.log({"iter": state.iter_num, "train/step_loss": loss_mean, "lr": lr,
+                               "tokens_per_s": tokens_per_s, "ms_per_iter": dt * 1000}, step=state.iter_num)
+            if state.iter_num % cfg.eval_interval != 0 and state.iter_num < cfg.max_iters:  # eval reports those
+                runtime.report(dict(info, iter=state.iter_num, loss=loss_mean, lr=lr, ms_per_iter=dt * 1000,
+                                    tokens_per_s=tokens_per_s, mfu=running_mfu, eta_s=eta_s))
 
     if wandb_run is not None:
         wandb_run.finish()
-    return reporter
+    return runtime
 
 
-def run_bare(config: dict | TrainConfig) -> Reporter:
+def run_bare(config: dict | TrainConfig) -> Runtime:
     """The same loop in this process, no Ray: one worker, or every rank under
     `torchrun --nproc_per_node=N -m nanogpt_ray.train_loop <config files> --key=value`."""
     if isinstance(config, TrainConfig):
@@ -535,10 +490,10 @@ def run_bare(config: dict | TrainConfig) -> Reporter:
 
         if not dist.is_initialized():  # torchrun: under Ray, TorchTrainer does this
             dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    reporter = Reporter()
-    if reporter.rank == 0:
+    runtime = Runtime()
+    if runtime.rank == 0:
         print(f"training without Ray in process {os.getpid()}", file=sys.stderr)
-    return train(config, reporter)
+    return train(config, runtime)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,16 @@ import pytest
 import ray
 import torch
 
-from nanogpt_ray.actors import (
-    ActorError,
+from nanogpt_ray.batch_sampling import expand_rows, read_results, sample_rows
+from nanogpt_ray.checkpoint import load_model, save_checkpoint
+from nanogpt_ray.cluster.sampling import (
     sample_dataset,
     sample_file,
     sample_prompts,
     start_sampler_actors,
     stop_actors,
 )
-from nanogpt_ray.batch_sampling import expand_rows, read_results, sample_rows
-from nanogpt_ray.checkpoint import load_model, save_checkpoint
+from nanogpt_ray.cluster.session import ClusterError
 from nanogpt_ray.config import SampleConfig
 from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.tokenizer import CharTokenizer, read_meta, tokenizer_from_meta
@@ -230,7 +230,7 @@ def test_txt_prompts_are_keyed_by_line_number(ray_start_2_cpus, run, tmp_path):
 @pytest.mark.timeout(240)
 def test_a_missing_checkpoint_is_one_line(ray_start_2_cpus, run, tmp_path):
     cfg = config(run, out_dir=str(tmp_path / "nothing"), num_actors=1)
-    with pytest.raises(ActorError, match="no checkpoint at"):
+    with pytest.raises(ClusterError, match="no checkpoint at"):
         sample_prompts(["First"], cfg)
 
 
@@ -274,12 +274,12 @@ def test_cli_samples_a_file_on_two_actors(ray_start_2_cpus, run, tmp_path, recor
 
 
 def test_actor_plan_is_one_per_gpu_or_per_cpu(run):
-    from nanogpt_ray.actors import plan_sampler_actors
+    from nanogpt_ray.cluster.sampling import plan_sampler_actors
 
     assert plan_sampler_actors(config(run, num_actors=0), {"CPU": 3.0}) == (3, {"num_cpus": 1})
     assert plan_sampler_actors(config(run, num_actors=0, device="auto"), {"CPU": 8.0, "GPU": 4.0}) == \
         (4, {"num_gpus": 1.0, "num_cpus": 0})
     assert plan_sampler_actors(config(run, num_actors=0, device="auto", gpus_per_actor=0.5), {"GPU": 2.0})[0] == 4
     assert plan_sampler_actors(config(run, num_actors=5), {"CPU": 2.0})[0] == 5
-    with pytest.raises(ActorError, match="fewer than gpus_per_actor"):
+    with pytest.raises(ClusterError, match="fewer than gpus_per_actor"):
         plan_sampler_actors(config(run, num_actors=0, gpus_per_actor=1.0), {"CPU": 2.0})

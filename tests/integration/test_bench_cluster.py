@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ray
 def test_cluster_mode_returns_one_row_per_node_with_distinct_node_ids(ray_cluster_2_nodes, capsys):
     import ray
 
-    from nanogpt_ray.actors import bench_cluster
+    from nanogpt_ray.cluster.bench import bench_cluster
 
     rows = bench_cluster(BenchConfig(**TINY, cluster=True))
     node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from nanogpt_ray.bench import bench_main
-from nanogpt_ray.config import BenchConfig
+from nanogpt_ray.cli import cmd_bench
 
 pytestmark = pytest.mark.ray
 
@@ -13,10 +12,10 @@ pytestmark = pytest.mark.ray
 @pytest.mark.timeout(400)
 def test_scaling_with_1_and_2_workers_returns_two_rows_with_tokens_per_s(ray_start_2_cpus, tmp_path, capsys):
     out = tmp_path / "scaling.json"
-    cfg = BenchConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, real_data=False, compile=False,
-                      device="cpu", warmup_steps=1, timed_steps=3, scaling=True, max_workers=2,
-                      gradient_accumulation_steps=2, json=str(out))
-    assert bench_main(cfg) == 0
+    settings = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, real_data=False, compile=False,
+                    device="cpu", warmup_steps=1, timed_steps=3, scaling=True, max_workers=2,
+                    gradient_accumulation_steps=2, json=str(out))
+    assert cmd_bench([f"--{key}={value}" for key, value in settings.items()]) == 0
     rows = json.loads(out.read_text())
     assert [row["workers"] for row in rows] == [1, 2]
     for row in rows:

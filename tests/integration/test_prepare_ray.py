@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from nanogpt_ray.cluster.prepare import prepare
 from nanogpt_ray.config import PrepareConfig, load_config
-from nanogpt_ray.prepare import PrepareError, prepare
+from nanogpt_ray.corpus import PrepareError
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from nanogpt_ray.cluster.prepare import prepare
 from nanogpt_ray.config import PrepareConfig
-from nanogpt_ray.prepare import prepare
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUTPUTS = ("train.bin", "val.bin", "meta.json")

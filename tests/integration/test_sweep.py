@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from nanogpt_ray.cluster.tune import run_sweep
 from nanogpt_ray.config import SweepConfig, TrainConfig, load_config
-from nanogpt_ray.sweep import SweepError, run_sweep
+from nanogpt_ray.sweep import SweepError
 from tests.sweep_data import TRAIN, write_dataset
 
 pytestmark = pytest.mark.ray
@@ -100,7 +101,7 @@ def test_reported_best_trial_has_lowest_val_loss(asha_sweep):
 
 @pytest.mark.timeout(600)
 def test_written_best_config_loads_and_trains(asha_sweep, tmp_path):
-    from nanogpt_ray.launch import train
+    from nanogpt_ray.cluster.train import launch as train
 
     best = asha_sweep.rows[0]
     cfg = load_config(TrainConfig, [asha_sweep.best_config_path],

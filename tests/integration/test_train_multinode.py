@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from nanogpt_ray.checkpoint import CKPT_NAME
+from nanogpt_ray.cluster.train import launch as train
 from nanogpt_ray.config import TrainConfig, from_dict
-from nanogpt_ray.launch import train
 from tests.train_data import make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray

@@ -10,8 +10,9 @@ import torch
 
 from nanogpt_ray import cli
 from nanogpt_ray.checkpoint import CKPT_NAME
+from nanogpt_ray.cluster.train import launch as train
 from nanogpt_ray.config import TrainConfig, from_dict
-from nanogpt_ray.launch import LaunchError, train
+from nanogpt_ray.preflight import LaunchError
 from nanogpt_ray.train_loop import INJECT_NAN_ENV, run_bare
 from tests.train_data import make_dataset, tiny_config
 

@@ -26,6 +26,7 @@ from nanogpt_ray.batch_sampling import (
     sample_rows,
     unique_ids,
 )
+from nanogpt_ray.engine import generate
 from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.tokenizer import CharTokenizer
 
@@ -238,11 +239,11 @@ def test_context_shift_cache_equals_recomputation_of_the_same_windows(model_and_
     model, _ = model_and_tokenizer
     torch.manual_seed(3)
     idx = torch.randint(0, model.config.vocab_size, (2, 5))
-    cached = model.generate(idx, 50, top_k=1, context_shift=shift)
-    uncached = model.generate(idx, 50, top_k=1, context_shift=shift, use_cache=False)
+    cached = generate(model, idx, 50, top_k=1, context_shift=shift)
+    uncached = generate(model, idx, 50, top_k=1, context_shift=shift, use_cache=False)
     assert torch.equal(cached, uncached)
     # windows that jump, not slide: past block_size the tokens differ from the sliding window's
-    sliding = model.generate(idx, 50, top_k=1)
+    sliding = generate(model, idx, 50, top_k=1)
     assert torch.equal(cached[:, :BLOCK + 1], sliding[:, :BLOCK + 1])  # identical while the context fits
     if shift > 1:
         assert not torch.equal(cached, sliding)

@@ -6,13 +6,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from nanogpt_ray.model import (
-    GPT,
-    GPTConfig,
-    from_hf_state_dict,
-    peak_flops_for_device,
-    sample_next_token,
-)
+from nanogpt_ray.config import PADDED_VOCAB_SIZE
+from nanogpt_ray.device import default_peak_flops, peak_flops_for_device
+from nanogpt_ray.engine import generate, sample_next_token
+from nanogpt_ray.hf import from_hf_state_dict
+from nanogpt_ray.model import GPT, GPTConfig
 
 VOCAB = 97
 TOL = 1e-5
@@ -211,13 +209,34 @@ def test_kv_cache_greedy_tokens_equal_full_recomputation(prompt_len, new_tokens)
     model = peaked_model()
     idx = torch.randint(0, VOCAB, (2, prompt_len))
     reference = greedy_reference(model, idx, new_tokens)
-    cached = model.generate(idx, new_tokens, top_k=1, use_cache=True)
-    uncached = model.generate(idx, new_tokens, top_k=1, use_cache=False)
+    cached = generate(model, idx, new_tokens, top_k=1, use_cache=True)
+    uncached = generate(model, idx, new_tokens, top_k=1, use_cache=False)
     assert cached.shape == (2, prompt_len + new_tokens)
     assert torch.equal(cached[:, :prompt_len], idx)
     assert torch.equal(cached, reference)
     assert torch.equal(uncached, reference)
     assert len(set(reference[0, prompt_len:].tolist())) > 1  # a real sequence, not one token repeated
+
+
+@pytest.mark.parametrize("new_tokens", [8, 40])
+def test_engine_samples_the_same_tokens_as_the_reference_generate(new_tokens):
+    # the same global seed, one multinomial draw per step: the cached engine must reproduce nanoGPT's sampler,
+    # also past block_size=16 where the window slides
+    model = peaked_model(seed=4)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.3)  # soft distributions: sampling has real choices to make
+    idx = torch.randint(0, VOCAB, (3, 5))
+    torch.manual_seed(99)
+    reference = model.generate(idx, new_tokens, temperature=0.9, top_k=20)
+    torch.manual_seed(99)
+    ours = generate(model, idx, new_tokens, temperature=0.9, top_k=20)
+    assert torch.equal(ours, reference)
+    torch.manual_seed(100)
+    assert not torch.equal(generate(model, idx, new_tokens, temperature=0.9, top_k=20), reference)
+
+
+def test_the_model_default_vocabulary_is_the_padded_gpt2_one():
+    assert GPTConfig().vocab_size == PADDED_VOCAB_SIZE == 50304 and PADDED_VOCAB_SIZE % 64 == 0
 
 
 @pytest.mark.parametrize("new_tokens", [6, 30])
@@ -230,11 +249,11 @@ def test_ragged_batch_generates_each_row_as_it_would_alone(new_tokens):
     for row, prompt in enumerate(prompts):
         batch[row, width - len(prompt):] = prompt
 
-    out = model.generate(batch, new_tokens, top_k=1, prompt_lengths=[len(p) for p in prompts])
+    out = generate(model, batch, new_tokens, top_k=1, prompt_lengths=[len(p) for p in prompts])
 
     assert out.shape == (3, width + new_tokens)
     for row, prompt in enumerate(prompts):
-        alone = model.generate(prompt[None], new_tokens, top_k=1)
+        alone = generate(model, prompt[None], new_tokens, top_k=1)
         assert torch.equal(out[row, width:], alone[0, len(prompt):]), f"row {row} differs from its solo run"
 
 
@@ -250,12 +269,12 @@ def test_row_generators_make_a_sample_independent_of_its_batch():
         g.manual_seed(seed)
         return g
 
-    alone = model.generate(prompt, 20, temperature=1.0, generators=[gen(7)])
-    batch = model.generate(torch.cat([others[:1], prompt, others[1:]]), 20, temperature=1.0,
+    alone = generate(model, prompt, 20, temperature=1.0, generators=[gen(7)])
+    batch = generate(model, torch.cat([others[:1], prompt, others[1:]]), 20, temperature=1.0,
                            generators=[gen(100), gen(7), gen(200)])
     torch.manual_seed(12345)  # the global RNG plays no part
-    again = model.generate(prompt, 20, temperature=1.0, generators=[gen(7)])
-    other_seed = model.generate(prompt, 20, temperature=1.0, generators=[gen(8)])
+    again = generate(model, prompt, 20, temperature=1.0, generators=[gen(7)])
+    other_seed = generate(model, prompt, 20, temperature=1.0, generators=[gen(8)])
 
     assert torch.equal(batch[1], alone[0])
     assert torch.equal(again, alone)
@@ -293,12 +312,12 @@ def test_masked_fallback_attention_equals_the_flash_path():
     idx = torch.randint(0, VOCAB, (2, 32))
     prompts = torch.randint(0, VOCAB, (2, 7))
     flash_logits = full_logits(model, idx)
-    flash_tokens = model.generate(prompts, 30, top_k=1, prompt_lengths=[7, 4])
+    flash_tokens = generate(model, prompts, 30, top_k=1, prompt_lengths=[7, 4])
 
     for block in model.transformer.h:
         block.attn.flash = False
     assert (full_logits(model, idx) - flash_logits).abs().max().item() <= TOL
-    assert torch.equal(model.generate(prompts, 30, top_k=1, prompt_lengths=[7, 4]), flash_tokens)
+    assert torch.equal(generate(model, prompts, 30, top_k=1, prompt_lengths=[7, 4]), flash_tokens)
 
 
 # ---------------------------------------------------------------------------- MFU
@@ -321,7 +340,7 @@ def test_estimate_mfu_with_an_explicit_peak():
 
 def test_estimate_mfu_on_cpu_measures_a_peak():
     model = GPT(tiny_config(block_size=64))
-    mfu = model.estimate_mfu(fwdbwd_per_iter=1, dt=1.0)
+    mfu = model.estimate_mfu(fwdbwd_per_iter=1, dt=1.0, peak_flops=default_peak_flops("cpu"))
     assert 0 < mfu < 1  # a tiny model doing one step a second is far below the machine's matmul speed
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from nanogpt_ray.checkpoint import export_hf
+from nanogpt_ray.hf import export_hf, from_pretrained
 from nanogpt_ray.model import GPT, GPTConfig
 
 TOL = 1e-5
@@ -43,7 +43,7 @@ def full_logits(model, idx):
 def test_from_pretrained_directory_matches_transformers_logits(tmp_path):
     hf = random_hf_model()
     hf.save_pretrained(tmp_path, safe_serialization=True)
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    ours = from_pretrained(str(tmp_path)).eval()
     assert ours.config.vocab_size == 101 and ours.config.block_size == 32 and ours.config.n_layer == 2
     idx = torch.randint(0, 101, (3, 32))
     expected = hf(idx).logits
@@ -65,5 +65,5 @@ def test_export_hf_loads_in_transformers_with_equal_logits(tmp_path, bias):
     assert (hf(idx).logits - full_logits(ours, idx)).abs().max() <= TOL
     assert hf.config.activation_function == "gelu_new"  # the tanh GELU our MLP uses
     # and back again: our loader reads what we exported
-    back = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    back = from_pretrained(str(tmp_path / "hf")).eval()
     assert (full_logits(back, idx) - full_logits(ours, idx)).abs().max() <= TOL

@@ -1,0 +1,148 @@
+"""`nanogpt-ray train` on Ray Train: the Ray runtime the loop talks to, the one TorchTrainer builder (training,
+sweeps and the scaling benchmark share it), and the driver that checks, launches and waits.
+
+    from nanogpt_ray.config import TrainConfig, load_config
+    from nanogpt_ray.cluster.train import train
+    result = train(load_config(TrainConfig, ["configs/train_shakespeare_char_cpu.py"], ["--num_workers=2"]))
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ..checkpoint import CKPT_NAME
+from ..config import TrainConfig, to_dict
+from ..device import resolve_device
+from ..preflight import LaunchError, check_local, check_placement, run_dir, run_has_checkpoint
+from ..train_loop import NonFiniteLossError, Runtime, train
+from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars
+
+# Ray Train V2 routes workers' print() through its logger (each of our log lines then reached the console
+# twice) and logs every report at INFO; a training log should read like nanoGPT's. Set either to 1 to undo.
+QUIET_WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}
+
+
+# ----------------------------------------------------------------------------- inside each worker
+
+class RayRuntime(Runtime):
+    """The loop's runtime inside a Ray Train worker: reports and checkpoints go to Ray Train."""
+
+    def __init__(self):
+        super().__init__()
+        context = ray.train.get_context()
+        self.world_size = context.get_world_size()
+        self.rank = context.get_world_rank()
+        self.local_rank = context.get_local_rank()
+
+    def device(self, requested: str) -> str:
+        if requested != "auto":
+            return resolve_device(requested)
+        return str(ray.train.torch.get_device())  # the GPU Ray assigned to this worker, or cpu
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def restored_checkpoint_dir(self) -> str | None:
+        checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the group or resumes the run
+        return materialize(checkpoint) if checkpoint is not None else None
+
+    def send(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
+
+    def latest_checkpoint_dir(self, out_dir: str) -> str | None:
+        # blocks until every report so far is committed, so all ranks see the same latest checkpoint
+        reported = ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        if reported:
+            latest = max(reported, key=lambda r: r.metrics.get("iter", -1))
+            return materialize(latest.checkpoint)
+        return self.restored_checkpoint_dir()
+
+    def wait_committed(self) -> None:
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+
+
+def materialize(checkpoint) -> str:
+    """A local directory holding the checkpoint's files (downloaded when storage is remote)."""
+    local = checkpoint.path if checkpoint.filesystem.type_name == "local" else None
+    if local and os.path.isdir(local):
+        return local
+    return checkpoint.to_directory(tempfile.mkdtemp(prefix="nanogpt-ckpt-"))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """What TorchTrainer runs on every worker. Returns nothing: Ray pickles a return value back to the
+    controller, so results travel through reports only."""
+    train(config, RayRuntime())
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def check_cluster(cfg: TrainConfig) -> bool:
+    """Returns use_gpu; fails when the workers can never all be placed on the cluster's alive nodes."""
+    return check_placement(cfg, [n for n in ray.nodes() if n.get("Alive")])
+
+
+def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None, worker_fn=train_loop_per_worker,
+                  loop_config: dict | None = None) -> TorchTrainer:
+    """The run's TorchTrainer. `callbacks` are Ray Train UserCallbacks (the sweep passes TuneReportCallback);
+    the scaling benchmark passes its own worker_fn and loop_config."""
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_gpu else "gloo")
+    env_vars = dict(QUIET_WORKER_ENV)
+    env_vars.update(worker_env_vars(tuple(QUIET_WORKER_ENV)))
+    resources = {k: v for k, v in {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}.items() if v}
+    return TorchTrainer(
+        worker_fn,
+        train_loop_config=loop_config or to_dict(cfg),  # a plain dict; the worker's first line makes it a TrainConfig
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+                                     placement_strategy=cfg.placement_strategy),
+        run_config=RunConfig(
+            name=cfg.resolved_run_name(),  # deterministic: rerunning the same out_dir resumes the run
+            storage_path=cfg.resolved_storage_path(),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),  # restart the group from the latest checkpoint
+            worker_runtime_env={"env_vars": env_vars},
+            callbacks=callbacks or None,
+        ),
+    )
+
+
+def launch(cfg: TrainConfig):
+    """Check, launch, wait; returns the ray.train.Result (metrics of the last report, latest checkpoint)."""
+    check_local(cfg)
+    # the Train controller reads this from the driver's environment (and passes it on to the workers)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
+    with ray_session(cfg.address):
+        use_gpu = check_cluster(cfg)
+        print(f"tokens per iteration: {cfg.tokens_per_iter():,} on {cfg.num_workers} worker(s) "
+              f"({'GPU' if use_gpu else 'CPU'}); run {cfg.resolved_run_name()!r} in {cfg.resolved_storage_path()}",
+              flush=True)
+        if cfg.init_from != "resume" and run_has_checkpoint(cfg):
+            print(f"note: run {run_dir(cfg)} already has checkpoints, so Ray resumes it; pass a new --out_dir or "
+                  "--run_name for a fresh run", file=sys.stderr, flush=True)
+        try:
+            result = build_trainer(cfg, use_gpu).fit()
+        except Exception as e:
+            if NonFiniteLossError.__name__ in f"{type(e).__name__} {e} {getattr(e, '__cause__', '')!r}":
+                raise LaunchError(non_finite_message(e)) from None
+            raise
+        if result.checkpoint is not None:
+            print(f"latest checkpoint: {result.checkpoint.path} (and {os.path.join(cfg.out_dir, CKPT_NAME)})", flush=True)
+        return result
+
+
+def non_finite_message(error: BaseException) -> str:
+    text = str(error)
+    for line in text.splitlines()[::-1]:
+        if NonFiniteLossError.__name__ in line:
+            return line.split(f"{NonFiniteLossError.__name__}:", 1)[-1].strip()
+    return text.splitlines()[0] if text else "loss is not finite"

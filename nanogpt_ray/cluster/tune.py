@@ -1,0 +1,113 @@
+"""Ray Tune runs a sweep: every trial is one Ray Train run of nanoGPT's loop.
+
+Tune starts a tiny driver per trial (0.01 CPU) which builds the TorchTrainer exactly as `nanogpt-ray train`
+does (cluster/train.py's build_trainer) and forwards its reports to Tune with `TuneReportCallback`; ASHA stops
+poor trials early on `val_loss` at eval points. Planning and the report are pure (sweep.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from ..config import SweepConfig, TrainConfig
+from ..preflight import check_dataset, resolve_use_gpu
+from ..sweep import (
+    DRIVER_CPUS,
+    METRIC,
+    TIME_ATTR,
+    SweepError,
+    SweepReport,
+    TrialSettings,
+    base_train_config,
+    num_trials,
+    records_from_results,
+    search_axes,
+    trial_concurrency,
+    trial_train_config,
+    write_report,
+)
+from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, connect, worker_env_vars
+from .train import build_trainer, check_cluster
+
+
+def train_driver_fn(config: dict, base: dict | None = None, settings: TrialSettings | None = None) -> None:
+    """One Tune trial: build this trial's TorchTrainer and run it; Train's reports reach Tune through the callback."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_train_config(TrainConfig(**base), config, **settings.train_overrides(trial_id))
+    # The run name is the trial id, which Tune keeps across restores: a resumed trial resumes its Train run
+    # (and a trial that had finished its run resumes at the end and trains zero iterations).
+    trainer = build_trainer(cfg, settings.use_gpu, callbacks=[TuneReportCallback()])  # Train -> Tune
+    trainer.fit()
+
+
+def init_ray(sweep: SweepConfig) -> None:
+    # each trial's driver runs in a Tune actor: what its Train controller and workers read must travel with the job
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
+    env = worker_env_vars(("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"))
+    # the dashboard must run: without it, trials that ASHA stops leak their placement groups
+    connect(sweep.address, env_vars=env, include_dashboard=True)
+
+
+def _tune_space(axes: dict[str, tuple]) -> dict:
+    space = {}
+    for key, axis in axes.items():
+        space[key] = tune.grid_search(axis[1]) if axis[0] == "grid" else tune.loguniform(axis[1], axis[2])
+    return space
+
+
+def run_sweep(sweep: SweepConfig) -> SweepReport:
+    """Run (or resume) the sweep on the connected Ray cluster, then write results, best config and plots."""
+    base = base_train_config(sweep)
+    axes = search_axes(sweep, base)
+    scheduler = "none" if sweep.scaling_law else sweep.scheduler
+    if sweep.scaling_law and sweep.scheduler == "asha":
+        print("scaling_law: every size runs the whole token budget, so ASHA is off for this sweep")
+    n_trials = num_trials(axes, sweep.num_samples)
+    sweep_dir = os.path.abspath(sweep.sweep_dir())
+
+    check_dataset(base)  # a missing dataset fails here in one line, not in every trial
+    init_ray(sweep)
+    first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
+    use_gpu = resolve_use_gpu(first_trial, ray.cluster_resources().get("GPU", 0))
+    concurrency = trial_concurrency(sweep, ray.cluster_resources(), n_trials, use_gpu=use_gpu)
+    check_cluster(first_trial)  # the workers of one trial fit on the nodes as they are split up
+    print(f"sweep {sweep.sweep_name}: {n_trials} trials, {concurrency} at a time "
+          f"({sweep.workers_per_trial} workers x {sweep.cpus_per_worker:g} CPU each), results in {sweep_dir}")
+    # Train reports val_loss only at eval points; the other reports (train loss, lr) must not fail Tune's check.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+    settings = TrialSettings(sweep_dir=sweep_dir, workers_per_trial=sweep.workers_per_trial,
+                             cpus_per_worker=sweep.cpus_per_worker, use_gpu=use_gpu)
+    resources = {"cpu": DRIVER_CPUS}
+    trainable = tune.with_resources(tune.with_parameters(train_driver_fn, base=dataclasses.asdict(base), settings=settings),
+                                    resources)
+    if sweep.resume and tune.Tuner.can_restore(sweep_dir):
+        print(f"resuming sweep {sweep_dir}: finished trials are kept, unfinished ones continue")
+        tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if os.path.exists(os.path.join(sweep_dir, "tuner.pkl")) and not sweep.resume:
+            raise SweepError(f"sweep {sweep_dir} already exists; pass --resume=True to continue it, "
+                             "or choose another --sweep_name")
+        sched = None
+        if scheduler == "asha":
+            grace = sweep.grace_period or 2 * base.eval_interval
+            sched = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode="min", max_t=max(base.max_iters, grace),
+                                  grace_period=grace, reduction_factor=sweep.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_tune_space(axes),
+            tune_config=tune.TuneConfig(scheduler=sched, num_samples=sweep.num_samples, max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=os.path.dirname(sweep_dir),
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+        )
+    result_grid = tuner.fit()
+    records = records_from_results(result_grid, base)
+    report = write_report(sweep, base, records, sweep_dir)
+    report.concurrency = concurrency
+    return report

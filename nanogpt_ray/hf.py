@@ -1,0 +1,131 @@
+"""OpenAI / Hugging Face GPT-2 weights in and out of our GPT. Torch only (transformers only to export).
+
+Our module names match GPT-2's checkpoint, so the mapping is the names plus four transposes: Hugging Face
+stores attention and MLP weights as Conv1D, (in, out), where nn.Linear wants (out, in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from .config import GPT2_SHAPES, UserError
+from .model import GPT, GPTConfig
+
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+class PretrainedError(UserError):
+    """A pretrained model that cannot be found or read; one line."""
+
+
+def from_hf_state_dict(hf_state):
+    """Map a Hugging Face GPT2LMHeadModel state dict onto ours: same names, four transposed Conv1D weights."""
+    out = {}
+    for key, value in hf_state.items():
+        if key.endswith(".attn.bias") or key.endswith(".attn.masked_bias"):
+            continue  # causal-mask buffers, not parameters
+        name = key if key.startswith("lm_head.") else (key if key.startswith("transformer.") else "transformer." + key)
+        out[name] = value.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else value
+    if "lm_head.weight" not in out:
+        out["lm_head.weight"] = out["transformer.wte.weight"]  # tied; safetensors stores it once
+    return out
+
+
+def to_hf_state_dict(state):
+    """Our state dict in GPT2LMHeadModel's layout (the inverse of from_hf_state_dict)."""
+    return {key: (value.t().contiguous() if key.endswith(CONV1D_SUFFIXES) else value) for key, value in state.items()}
+
+
+# ----------------------------------------------------------------------------- reading a model directory
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """Read a .safetensors file with torch alone: an 8-byte header length, a JSON header, raw tensor bytes."""
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        data = bytearray(f.read())
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        flat = torch.frombuffer(data[start:end], dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(info["shape"]).clone()
+    return tensors
+
+
+def read_hf_weights(directory):
+    safetensors_path = os.path.join(directory, "model.safetensors")
+    if os.path.exists(safetensors_path):
+        return read_safetensors(safetensors_path)
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
+
+
+def download_gpt2(name):
+    """Fetch an OpenAI GPT-2 checkpoint from the Hugging Face hub (needs network and huggingface_hub)."""
+    try:
+        from huggingface_hub import snapshot_download  # the one non-torch import, only on this online path
+    except ImportError as e:
+        raise ImportError(f"loading {name!r} from the hub needs `pip install nanogpt-ray[hf]`, "
+                          "or pass a local directory saved by save_pretrained") from e
+    return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+
+
+def from_pretrained(name_or_path, dropout=0.0) -> GPT:
+    """OpenAI GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' from the Hugging Face hub,
+    or a local directory written by GPT2LMHeadModel.save_pretrained (works offline)."""
+    if os.path.isdir(os.path.expanduser(name_or_path)):
+        directory = os.path.expanduser(name_or_path)
+    elif name_or_path in GPT2_SHAPES:
+        directory = download_gpt2(name_or_path)
+    else:
+        raise PretrainedError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(GPT2_SHAPES)} "
+                         "or a directory saved by GPT2LMHeadModel.save_pretrained")
+    with open(os.path.join(directory, "config.json")) as f:
+        hf_config = json.load(f)
+    config = GPTConfig(
+        n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"],
+        block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
+        bias=True,  # GPT-2 checkpoints always have biases
+        dropout=dropout,
+    )
+    model = GPT(config)
+    model.load_state_dict(from_hf_state_dict(read_hf_weights(directory)))
+    return model
+
+
+# ----------------------------------------------------------------------------- writing one
+
+def export_hf(model: GPT, out_dir: str) -> str:
+    """Write a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors) that
+    `transformers` loads. Models trained with bias=False get zero biases, which compute the same thing."""
+    from transformers import GPT2Config, GPT2LMHeadModel  # the hf extra; only needed here
+
+    cfg = model.config
+    hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head,
+                           activation_function="gelu_new",  # GELU with the tanh approximation, like our MLP
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    hf_model = GPT2LMHeadModel(hf_config)
+    ours = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    hf_state = hf_model.state_dict()
+    for key in hf_state:
+        if key in ours:
+            hf_state[key] = ours[key].to(hf_state[key].dtype)
+        elif key.endswith(".bias") and key.replace(".bias", ".weight") in ours:
+            hf_state[key] = torch.zeros_like(hf_state[key])  # bias=False models: a zero bias is no bias
+    hf_model.load_state_dict(hf_state, strict=False)
+    os.makedirs(out_dir, exist_ok=True)
+    hf_model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

@@ -1,0 +1,141 @@
+"""What a run must pass before any worker starts, and how its workers fit on the cluster. Pure: the Ray wing
+(cluster/train.py, cluster/tune.py) hands in the cluster's nodes as plain dicts.
+
+Everything a person can get wrong (missing dataset, a block larger than the data, GPUs the cluster does not
+have, storage that cannot be written, a resume with nothing to resume, more workers than the cluster can
+ever place) fails here in one line, before a single worker starts, instead of as a traceback on a worker
+or a run that waits forever for resources.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import uuid
+
+from .checkpoint import CKPT_NAME
+from .config import TrainConfig, UserError
+from .data import DataError, check_block_size, load_split
+
+
+class LaunchError(UserError):
+    """A run that cannot work as configured; one line that says what to change."""
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+# ----------------------------------------------------------------------------- checks that need no cluster
+
+def check_dataset(cfg: TrainConfig) -> None:
+    try:
+        for split in ("train", "val"):
+            data = load_split(cfg.dataset_dir(), split)
+            check_block_size(data, cfg.block_size, os.path.join(cfg.dataset_dir(), f"{split}.bin"))
+    except DataError as e:
+        raise LaunchError(str(e)) from None
+
+
+def check_storage(cfg: TrainConfig) -> None:
+    """Write and delete a probe file where checkpoints will be persisted."""
+    storage = cfg.resolved_storage_path()
+    try:
+        if is_uri(storage):
+            import pyarrow.fs
+
+            fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+            probe = f"{path.rstrip('/')}/.nanogpt-write-probe-{uuid.uuid4().hex[:8]}"
+            fs.create_dir(path, recursive=True)
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            fs.delete_file(probe)
+        else:
+            os.makedirs(storage, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=storage, prefix=".nanogpt-write-probe-"):
+                pass
+    except Exception as e:
+        raise LaunchError(f"storage_path={storage!r} is not writable ({type(e).__name__}: {e}); "
+                          "pass --storage_path=<a writable shared folder or s3:// URI>") from None
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    return os.path.join(cfg.resolved_storage_path(), cfg.resolved_run_name())
+
+
+def run_has_checkpoint(cfg: TrainConfig) -> bool:
+    """Whether the run's storage holds a checkpoint already (then a rerun resumes it)."""
+    directory = run_dir(cfg)
+    if is_uri(directory):
+        try:
+            import pyarrow.fs
+
+            fs, path = pyarrow.fs.FileSystem.from_uri(directory)
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+            return any(os.path.basename(i.path).startswith("checkpoint_") for i in infos)
+        except Exception:
+            return False
+    return os.path.isdir(directory) and any(name.startswith("checkpoint_") for name in os.listdir(directory))
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    if cfg.init_from != "resume":
+        return
+    if os.path.exists(os.path.join(cfg.out_dir, CKPT_NAME)) or run_has_checkpoint(cfg):
+        return
+    raise LaunchError(f"init_from='resume' but there is no checkpoint in {os.path.join(cfg.out_dir, CKPT_NAME)} "
+                      f"nor in {run_dir(cfg)}; train first, or point --out_dir at an earlier run")
+
+
+def check_local(cfg: TrainConfig) -> None:
+    """The checks that need no cluster."""
+    check_dataset(cfg)
+    check_storage(cfg)
+    check_resume(cfg)
+
+
+# ----------------------------------------------------------------------------- fitting workers on nodes
+
+def worker_resources(cfg: TrainConfig, use_gpu: bool) -> dict:
+    resources = {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}
+    if use_gpu:
+        resources.setdefault("GPU", 1)
+    return {k: v for k, v in resources.items() if v}
+
+
+def resolve_use_gpu(cfg: TrainConfig, cluster_gpus: float) -> bool:
+    if cfg.use_gpu is None:
+        return cluster_gpus > 0 and cfg.device not in ("cpu", "mps")
+    if cfg.use_gpu and cluster_gpus == 0:
+        raise LaunchError("use_gpu=True but the Ray cluster has no GPUs; pass --use_gpu=False (or leave it unset), "
+                          "or join a cluster with GPUs via --address/RAY_ADDRESS")
+    return cfg.use_gpu
+
+
+def max_placeable_workers(nodes: list[dict], need: dict, strategy: str) -> int:
+    """How many workers the cluster's alive nodes can hold at once, whatever else runs on them."""
+    per_node = []
+    for node in nodes:
+        capacity = node.get("Resources", {})
+        fits = min((math.floor(capacity.get(k, 0) / v + 1e-9) for k, v in need.items()), default=0)
+        per_node.append(max(0, fits))
+    if not per_node:
+        return 0
+    if strategy == "STRICT_SPREAD":
+        return sum(1 for n in per_node if n > 0)
+    if strategy == "STRICT_PACK":
+        return max(per_node)
+    return sum(per_node)
+
+
+def check_placement(cfg: TrainConfig, nodes: list[dict]) -> bool:
+    """Returns use_gpu; fails when the workers can never all be placed on these (alive) nodes."""
+    use_gpu = resolve_use_gpu(cfg, sum(n.get("Resources", {}).get("GPU", 0) for n in nodes))
+    need = worker_resources(cfg, use_gpu)
+    can_hold = max_placeable_workers(nodes, need, cfg.placement_strategy)
+    if cfg.num_workers > can_hold:
+        raise LaunchError(f"num_workers={cfg.num_workers} but the Ray cluster ({len(nodes)} node(s)) can hold at most "
+                          f"{can_hold} worker(s) needing {need} each with placement_strategy={cfg.placement_strategy}; "
+                          "lower num_workers or cpus_per_worker, or add nodes")
+    return use_gpu
