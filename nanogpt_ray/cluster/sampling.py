@@ -138,7 +138,7 @@ def run_batches(actors: list, batches: Iterator[list[SampleRow]], on_results) ->
         try:
             results = ray.get(ref)
             plan.finished(actor)
-        except ray.exceptions.RayClusterError:  # the actor process died (killed, OOM, node lost)
+        except ray.exceptions.RayActorError:  # the actor process died (killed, OOM, node lost)
             results = plan.actor_died(actor, batch, attempts, incarnation)
             if results is None:
                 continue
