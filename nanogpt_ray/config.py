@@ -168,7 +168,9 @@ class TrainConfig:
     """Ray Train workers (DDP ranks)."""
     use_gpu: bool | None = None
     """One GPU per worker; None means yes when the cluster has GPUs."""
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 0.0
+    """CPUs Ray reserves per worker, and its torch threads on CPU; 0 = the node's CPUs divided by the workers
+    placed on it (training on CPU; 1 with GPUs)."""
     resources_per_worker: dict = field(default_factory=dict)
     """Extra Ray resources per worker, e.g. {'accelerator_type:H100': 0.01}."""
     placement_strategy: PlacementStrategy = "PACK"
@@ -190,6 +192,8 @@ class TrainConfig:
         _check_device(self.device)
         _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
         _check_init_from(self.init_from, ("scratch", "resume"))
+        if self.cpus_per_worker < 0:
+            raise ConfigError(f"cpus_per_worker={self.cpus_per_worker} must be >= 0 (0 picks it from the cluster)")
         for key in ("gradient_accumulation_steps", "batch_size", "num_workers", "eval_iters", "log_interval", "eval_interval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")

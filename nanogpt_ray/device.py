@@ -6,16 +6,52 @@ from contextlib import nullcontext
 
 import torch
 
+from .config import UserError
+
+
+class DeviceError(UserError):
+    """A device this process does not have; one line."""
+
+
 PTDTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def choose_device(requested: str, local_rank: int, assigned_index: int | None, cuda_devices: int) -> str:
+    """The device one worker trains on, decided from plain facts (unit-tested without a GPU):
+    requested ('auto', 'cpu', 'mps', 'cuda', 'cuda:N'), the worker's local rank, the index (among the
+    devices this process sees) of the GPU a launcher assigned to it (Ray Train: its get_device(); None where
+    nothing assigns GPUs), and how many CUDA devices the process sees.
+
+    'cuda' without an index means "my GPU": the assigned one under Ray, else cuda:<local_rank> (torchrun: one
+    process per GPU), so workers of a node never pile onto one GPU. An explicit 'cuda:N' is taken as given
+    and must exist."""
+    if requested in ("cpu", "mps"):
+        return requested
+    if requested == "auto" and cuda_devices == 0:
+        return "cpu"
+    if cuda_devices == 0:
+        raise DeviceError(f"device={requested!r} but this machine has no CUDA GPU; use device='cpu' or 'auto'")
+    kind, _, index = requested.partition(":")
+    if index:
+        if int(index) >= cuda_devices:
+            raise DeviceError(f"device={requested!r} but this process sees {cuda_devices} CUDA device(s) "
+                              f"(cuda:0..cuda:{cuda_devices - 1}); use 'cuda' for the GPU assigned to this worker")
+        return requested
+    if assigned_index is not None:
+        return f"cuda:{assigned_index}"
+    if local_rank >= cuda_devices:
+        raise DeviceError(f"local rank {local_rank} has no GPU of its own: this node shows {cuda_devices} CUDA "
+                          "device(s); start at most one worker per GPU")
+    return f"cuda:{local_rank}"
 
 
 def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this machine has no CUDA GPU; use device='cpu' or 'auto'")
+        raise DeviceError(f"device={device!r} but this machine has no CUDA GPU; use device='cpu' or 'auto'")
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError("device='mps' but MPS is not available here; use device='cpu' or 'auto'")
+        raise DeviceError("device='mps' but MPS is not available here; use device='cpu' or 'auto'")
     return device
 
 

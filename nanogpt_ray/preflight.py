@@ -9,6 +9,7 @@ or a run that waits forever for resources.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -129,13 +130,30 @@ def max_placeable_workers(nodes: list[dict], need: dict, strategy: str) -> int:
     return sum(per_node)
 
 
-def check_placement(cfg: TrainConfig, nodes: list[dict]) -> bool:
-    """Returns use_gpu; fails when the workers can never all be placed on these (alive) nodes."""
+def default_cpus_per_worker(nodes: list[dict], num_workers: int, strategy: str, use_gpu: bool) -> float:
+    """cpus_per_worker=0: on CPU, the most whole CPUs every worker can get with all of them placed (the node's
+    CPUs divided by the workers on it: 2 on a 2-CPU node for 1 worker, 1 each for 2), so a worker uses the
+    machine as a plain `python train.py` would. GPU workers get 1: their CPU threads only feed the GPU."""
+    if use_gpu:
+        return 1.0
+    most = int(max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=1))
+    for cpus in range(most, 0, -1):
+        if max_placeable_workers(nodes, {"CPU": cpus}, strategy) >= num_workers:
+            return float(cpus)
+    return 1.0  # not even one CPU each: check_placement says so in one line
+
+
+def check_placement(cfg: TrainConfig, nodes: list[dict]) -> tuple[TrainConfig, bool]:
+    """(cfg with cpus_per_worker decided, use_gpu); fails when the workers can never all be placed on these
+    (alive) nodes."""
     use_gpu = resolve_use_gpu(cfg, sum(n.get("Resources", {}).get("GPU", 0) for n in nodes))
+    if not cfg.cpus_per_worker:
+        cpus = default_cpus_per_worker(nodes, cfg.num_workers, cfg.placement_strategy, use_gpu)
+        cfg = dataclasses.replace(cfg, cpus_per_worker=cpus)
     need = worker_resources(cfg, use_gpu)
     can_hold = max_placeable_workers(nodes, need, cfg.placement_strategy)
     if cfg.num_workers > can_hold:
         raise LaunchError(f"num_workers={cfg.num_workers} but the Ray cluster ({len(nodes)} node(s)) can hold at most "
                           f"{can_hold} worker(s) needing {need} each with placement_strategy={cfg.placement_strategy}; "
                           "lower num_workers or cpus_per_worker, or add nodes")
-    return use_gpu
+    return cfg, use_gpu

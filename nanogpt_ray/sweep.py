@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass, field
 
 from .config import (
-    PADDED_VOCAB_SIZE,
     PATH_KEYS,
     ConfigError,
     SweepConfig,
@@ -159,14 +158,14 @@ def count_params(n_layer: int, n_embd: int, vocab_size: int, bias: bool = False)
 
 
 def dataset_vocab_size(cfg: TrainConfig) -> int:
-    """meta.json's vocab_size (what the loop builds the model with), else GPT-2's padded vocabulary."""
-    from .tokenizer import read_meta
+    """The vocabulary the loop builds the model with (tokenizer.model_vocab_size)."""
+    from .tokenizer import model_vocab_size, read_meta
 
     try:
         meta = read_meta(cfg.dataset_dir())
     except Exception:  # an unreadable meta fails the trials themselves, with the loop's message
         meta = None
-    return int(meta["vocab_size"]) if meta and meta.get("vocab_size") else PADDED_VOCAB_SIZE
+    return model_vocab_size(meta)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 import os
 import pickle
 
-from .config import GPT2_VOCAB_SIZE, UserError
+from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, UserError
 
 GPT2_EOT = 50256
 # Pattern of r50k_base/gpt2; kept here so an explicit ranks file needs nothing else from tiktoken_ext.
@@ -148,6 +148,18 @@ def read_meta(dataset_dir: str) -> dict | None:
     if os.path.exists(pkl_path):
         return _read_meta_pkl(pkl_path)
     return None
+
+
+def model_vocab_size(meta: dict | None) -> int:
+    """The vocabulary a model trained from scratch on a dataset gets: a character vocabulary as it is (nanoGPT's
+    shakespeare_char), a BPE one padded up to a multiple of 64 for faster matmuls (GPT-2's 50257 -> nanoGPT's
+    50304; the padded rows never occur as targets). No meta: GPT-2 BPE, padded, as nanoGPT assumes."""
+    if not meta or not meta.get("vocab_size"):
+        return PADDED_VOCAB_SIZE
+    vocab = int(meta["vocab_size"])
+    if meta.get("tokenizer", "char" if "chars" in meta else "gpt2") == "char":
+        return vocab
+    return -(-vocab // 64) * 64
 
 
 def tokenizer_from_meta(meta: dict | None):

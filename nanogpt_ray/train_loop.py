@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import GPT2_PRESETS, PADDED_VOCAB_SIZE, TrainConfig, UserError, from_dict, to_dict
+from .config import GPT2_PRESETS, TrainConfig, UserError, from_dict, to_dict
 from .data import check_block_size, get_batch, load_split
-from .device import autocast_context, default_peak_flops, enable_tf32, resolve_device, resolve_dtype
+from .device import autocast_context, choose_device, default_peak_flops, enable_tf32, resolve_dtype
 from .files import atomic_copy
 from .hf import from_pretrained
 from .model import GPT, GPTConfig
-from .tokenizer import read_meta
+from .tokenizer import model_vocab_size, read_meta
 
 INJECT_NAN_ENV = "NANOGPT_RAY_INJECT_NAN_AT_ITER"
 
@@ -69,11 +69,15 @@ class Runtime:
         self._first_log: tuple[float, int] | None = None  # (time, iter) of the first log report
 
     def device(self, requested: str) -> str:
-        device = resolve_device(requested)
-        return f"cuda:{self.local_rank}" if device == "cuda" else device
+        """torchrun gives each process one GPU by local rank; nothing assigns GPUs in a plain process."""
+        return choose_device(requested, self.local_rank, None, torch.cuda.device_count())
 
     def node_id(self) -> str:
         return socket.gethostname()
+
+    def cpu_threads(self, cpus_per_worker: float) -> int:
+        """Torch threads for training on CPU: a plain process keeps torch's default, as nanoGPT does."""
+        return torch.get_num_threads()
 
     def restored_checkpoint_dir(self) -> str | None:
         """A checkpoint the launcher hands back after a restart; none in a plain process."""
@@ -172,7 +176,7 @@ def log(runtime: Runtime, msg: str) -> None:
         print(msg, flush=True)
 
 
-def build_model(cfg: TrainConfig, ckpt: dict | None, meta_vocab_size: int | None, runtime: Runtime):
+def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime: Runtime):
     """(model, model_args): from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size."""
     if ckpt is not None:
         model, model_args = model_from_checkpoint(ckpt, dropout=cfg.dropout), dict(ckpt["model_args"])
@@ -182,7 +186,7 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, meta_vocab_size: int | None
         model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
         model_args["dropout"] = cfg.dropout
     else:
-        model_args = dict(cfg.model_args(), vocab_size=meta_vocab_size or PADDED_VOCAB_SIZE)
+        model_args = dict(cfg.model_args(), vocab_size=model_vocab_size(meta))
         model = GPT(GPTConfig(**model_args))
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)  # e.g. finetune GPT-2 (1024) with a shorter context
@@ -336,6 +340,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         enable_tf32()
     dtype = resolve_dtype(cfg.dtype, device)
     ctx = autocast_context(device, dtype)
+    threads = runtime.cpu_threads(cfg.cpus_per_worker) if device_type == "cpu" else torch.get_num_threads()
+    log(runtime, f"{world_size} worker(s), {threads} CPU thread(s) each, device {device}, dtype {dtype}")
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank, as nanoGPT's seed_offset
 
     # ------------------------------------------------------------------ data
@@ -351,7 +357,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     if ckpt is not None:
         log(runtime, f"resuming from iteration {ckpt['iter_num']} ({ckpt_source})")
     meta = read_meta(cfg.dataset_dir())
-    model, model_args = build_model(cfg, ckpt, meta.get("vocab_size") if meta else None, runtime)
+    model, model_args = build_model(cfg, ckpt, meta, runtime)
     model.to(device)
     state = TrainState(
         model=model,
@@ -380,7 +386,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     eval_model = model.module if world_size > 1 else model
     wandb_run = init_wandb(cfg, state, runtime)
     run_info = dict(node_ids=sorted(set(all_gather(runtime.node_id(), world_size))), world_size=world_size,
-                    node_id=runtime.node_id(), tokens_per_iter=tokens_per_iter)
+                    node_id=runtime.node_id(), tokens_per_iter=tokens_per_iter, cpu_threads=threads)
 
     # ------------------------------------------------------------------ training loop
     inject, injected = nan_injection(), 0

@@ -144,7 +144,7 @@ def scaling_worker(config: dict) -> None:
 def run_scaling(cfg: BenchConfig, num_workers: int, work_dir: str) -> dict:
     """One TorchTrainer.fit() of the timed loop on num_workers workers; its row."""
     tcfg = scaling_train_config(cfg, num_workers, work_dir)
-    use_gpu = check_cluster(tcfg)  # one line when the cluster can never hold num_workers workers
+    tcfg, use_gpu = check_cluster(tcfg)  # one line when the cluster can never hold num_workers workers
     trainer = build_trainer(tcfg, use_gpu, worker_fn=scaling_worker,
                             loop_config={"train": to_dict(tcfg), "synthetic": not cfg.real_data,
                                          "warmup_steps": cfg.warmup_steps, "timed_steps": cfg.timed_steps})

@@ -15,12 +15,13 @@ import tempfile
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..checkpoint import CKPT_NAME
 from ..config import TrainConfig, to_dict
-from ..device import resolve_device
+from ..device import choose_device
 from ..preflight import LaunchError, check_local, check_placement, run_dir, run_has_checkpoint
 from ..train_loop import NonFiniteLossError, Runtime, train
 from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars
@@ -43,9 +44,11 @@ class RayRuntime(Runtime):
         self.local_rank = context.get_local_rank()
 
     def device(self, requested: str) -> str:
-        if requested != "auto":
-            return resolve_device(requested)
-        return str(ray.train.torch.get_device())  # the GPU Ray assigned to this worker, or cpu
+        """The GPU Ray assigned to this worker when it has one (also for an explicit 'cuda'), else the CPU."""
+        # Ray Train may show a node's workers all of its GPUs (for NCCL); get_device() knows which is ours
+        assigned = ray.train.torch.get_device()
+        index = assigned.index if assigned.type == "cuda" else None
+        return choose_device(requested, self.local_rank, index, torch.cuda.device_count())
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -53,6 +56,12 @@ class RayRuntime(Runtime):
     def restored_checkpoint_dir(self) -> str | None:
         checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the group or resumes the run
         return materialize(checkpoint) if checkpoint is not None else None
+
+    def cpu_threads(self, cpus_per_worker: float) -> int:
+        # Ray sets OMP_NUM_THREADS to the worker's CPUs, but torch may already have sized its pool: be explicit
+        threads = max(1, int(cpus_per_worker))
+        torch.set_num_threads(threads)
+        return threads
 
     def send(self, metrics: dict, checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -86,8 +95,9 @@ def train_loop_per_worker(config: dict) -> None:
 
 # ----------------------------------------------------------------------------- the driver
 
-def check_cluster(cfg: TrainConfig) -> bool:
-    """Returns use_gpu; fails when the workers can never all be placed on the cluster's alive nodes."""
+def check_cluster(cfg: TrainConfig) -> tuple[TrainConfig, bool]:
+    """(cfg with cpus_per_worker decided, use_gpu); fails when the workers can never all be placed on the
+    cluster's alive nodes."""
     return check_placement(cfg, [n for n in ray.nodes() if n.get("Alive")])
 
 
@@ -122,10 +132,10 @@ def launch(cfg: TrainConfig):
     # the Train controller reads this from the driver's environment (and passes it on to the workers)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
     with ray_session(cfg.address):
-        use_gpu = check_cluster(cfg)
+        cfg, use_gpu = check_cluster(cfg)
         print(f"tokens per iteration: {cfg.tokens_per_iter():,} on {cfg.num_workers} worker(s) "
-              f"({'GPU' if use_gpu else 'CPU'}); run {cfg.resolved_run_name()!r} in {cfg.resolved_storage_path()}",
-              flush=True)
+              f"({'GPU' if use_gpu else f'CPU, {cfg.cpus_per_worker:g} each'}); run {cfg.resolved_run_name()!r} "
+              f"in {cfg.resolved_storage_path()}", flush=True)
         if cfg.init_from != "resume" and run_has_checkpoint(cfg):
             print(f"note: run {run_dir(cfg)} already has checkpoints, so Ray resumes it; pass a new --out_dir or "
                   "--run_name for a fresh run", file=sys.stderr, flush=True)

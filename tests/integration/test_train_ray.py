@@ -227,3 +227,14 @@ def test_use_gpu_without_gpus_in_the_cluster_is_one_line(ray_start_2_cpus, capsy
 def test_more_workers_than_the_cluster_can_hold_fails_instead_of_waiting(ray_start_2_cpus, capsys, data_root, tmp_path):
     err = _train_cli(capsys, data_root, tmp_path / "out", "--num_workers=3", "--gradient_accumulation_steps=3")
     assert "num_workers=3 but the Ray cluster (1 node(s)) can hold at most 2 worker(s)" in err
+
+
+@pytest.mark.timeout(180)
+def test_cpu_workers_train_on_the_cpus_they_are_given(ray_start_2_cpus, two_worker_run, data_root, tmp_path):
+    # 2 workers on 2 CPUs: one thread each; 1 worker: the whole machine (as a plain `python train.py` would)
+    two_workers, _ = two_worker_run
+    assert two_workers.metrics["cpu_threads"] == 1
+    one_worker = train(_cfg(data_root, tmp_path / "one", num_workers=1, max_iters=4, eval_interval=2))
+    assert one_worker.metrics["cpu_threads"] == 2 and one_worker.metrics["world_size"] == 1
+    pinned = train(_cfg(data_root, tmp_path / "pinned", num_workers=1, max_iters=2, eval_interval=2, cpus_per_worker=1))
+    assert pinned.metrics["cpu_threads"] == 1  # an explicit cpus_per_worker wins

@@ -72,3 +72,25 @@ def test_resumed_run_continues_the_same_offline_wandb_run(data_root, tmp_path, m
     runs = sorted((out_dir / "wandb").glob(f"offline-run-*-{first_id}"))
     assert len(runs) == 2  # one folder per process, both logging to the same run id
     assert all(b"val/loss" in (run / f"run-{first_id}.wandb").read_bytes() for run in runs)
+
+
+@pytest.mark.timeout(120)
+def test_a_gpt2_bpe_dataset_trains_with_nanogpts_padded_vocabulary(tmp_path):
+    import json
+
+    import numpy as np
+
+    from nanogpt_ray.tokenizer import model_vocab_size
+
+    folder = tmp_path / "data" / "bpe"
+    folder.mkdir(parents=True)
+    tokens = np.random.default_rng(0).integers(0, 50257, 4096).astype(np.uint16)
+    tokens.tofile(folder / "train.bin")
+    tokens.tofile(folder / "val.bin")
+    (folder / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}))
+    run_bare(from_dict(TrainConfig, tiny_config(tmp_path / "data", tmp_path / "out", dataset="bpe", max_iters=2,
+                                                eval_interval=2)))
+    ckpt = torch.load(tmp_path / "out" / CKPT_NAME, weights_only=True)
+    assert ckpt["model_args"]["vocab_size"] == 50304 and ckpt["model"]["lm_head.weight"].shape[0] == 50304
+    assert model_vocab_size({"tokenizer": "char", "vocab_size": 65, "chars": ["a"]}) == 65  # char vocab as is
+    assert model_vocab_size({"tokenizer": "cl100k_base", "vocab_size": 100277}) == 100288
