@@ -225,3 +225,20 @@ def test_sample_from_a_local_gpt2_directory_with_offline_bpe(tmp_path, capsys):
         expected = hf.generate(torch.tensor([[15496, 995]]), max_new_tokens=8, do_sample=False, pad_token_id=50256)
     assert sample == GPT2Tokenizer().decode(expected[0].tolist())
     assert sample.startswith("Hello world")
+
+
+@pytest.mark.timeout(300)
+def test_sample_with_compile_runs_the_compiled_model_and_matches_eager(char_run):
+    # generation goes through the compiled module (engine.generate calls the model it is given), so
+    # --compile=True speeds up what really runs; the tokens stay those of the eager model
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    sampler = load_sampler(SampleConfig(out_dir=str(char_run["out_dir"]), device="cpu", compile=True))
+    assert isinstance(sampler.model, torch._dynamo.eval_frame.OptimizedModule)
+    tok = char_run["tok"]
+    ids = encode_prompt(sampler.tokenizer, "ROMEO:")
+    [compiled] = generate_ids(sampler, ids, 1, 6, top_k=1, batch_size=1)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured (and compiled) the forward passes
+    assert compiled == greedy(char_run["model"], tok.encode("ROMEO:"), 6)
