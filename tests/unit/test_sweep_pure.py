@@ -198,3 +198,33 @@ def test_scaling_law_fit_needs_three_points_and_plots(tmp_path):
     fit = fit_scaling_law([p[1] for p in points], [p[2] for p in points])
     assert all(math.isfinite(v) for v in fit)
     assert os.path.getsize(plot_scaling_law(points, fit, str(tmp_path / "s.png"))) > 1000
+
+
+# ------------------------------------------------------------------ training keys given to `tune` as flags
+
+def test_training_flags_reach_every_trial_on_top_of_base_config_and_train_overrides(tmp_path):
+    base_file = tmp_path / "base.py"
+    base_file.write_text("max_iters = 40\ndata_root = 'elsewhere'\nbatch_size = 4\n")
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(f"base_config = {str(base_file)!r}\ntrain_overrides = {{'batch_size': 8, 'max_iters': 30}}\n"
+                          "learning_rates = [1e-3, 3e-3]\nmodel_sizes = ['tiny', 'mini']\n")
+    sweep = load_sweep([str(sweep_file), "--data_root=/data", "--batch_size=2", "--sweep_name=flags"])
+    assert sweep.sweep_name == "flags" and sweep.learning_rates == [1e-3, 3e-3]  # sweep keys keep their meaning
+    base = base_train_config(sweep)
+    trials = [trial_train_config(base, {"learning_rate": lr, "model_size": size})
+              for lr in sweep.learning_rates for size in sweep.model_sizes]
+    assert len(trials) == 4
+    for cfg in trials:
+        assert cfg.data_root == "/data"  # the flag beats the base config file
+        assert cfg.batch_size == 2  # and the sweep file's train_overrides
+        assert cfg.max_iters == 30  # keys no flag names keep the file's value
+    assert {(c.learning_rate, c.n_layer) for c in trials} == {(1e-3, 2), (1e-3, 4), (3e-3, 2), (3e-3, 4)}
+
+
+def test_a_flag_neither_sweep_nor_training_knows_names_the_closest_of_both():
+    with pytest.raises(SweepError, match=r"^unknown config key 'data_rot'; did you mean 'data_root'\?$"):
+        load_sweep(["--data_rot=/data"])
+    with pytest.raises(SweepError, match=r"^unknown config key 'sweep_nam'; did you mean 'sweep_name'\?$"):
+        load_sweep(["--sweep_nam=x"])
+    with pytest.raises(SweepError, match="batch_size"):  # a training key with a bad value fails on its own name
+        load_sweep(["--batch_size=many"])
