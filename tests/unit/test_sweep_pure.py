@@ -22,6 +22,8 @@ from nanogpt_ray.sweep_results import (
     TrialRecord,
     fit_scaling_law,
     format_table,
+    learning_curves_figure,
+    lr_sweep_figure,
     plot_learning_curves,
     plot_lr_sweep,
     plot_scaling_law,
@@ -228,3 +230,44 @@ def test_a_flag_neither_sweep_nor_training_knows_names_the_closest_of_both():
         load_sweep(["--sweep_nam=x"])
     with pytest.raises(SweepError, match="batch_size"):  # a training key with a bad value fails on its own name
         load_sweep(["--batch_size=many"])
+
+
+# ------------------------------------------------------------------ plots: units, the best trial, many trials
+
+@pytest.mark.parametrize("n_trials", [4, 32])
+def test_plots_label_units_mark_the_best_trial_and_keep_32_curves_readable(tmp_path, n_trials):
+    import matplotlib.colors
+
+    sizes = ["tiny", "mini", "small", "gpt2"][: max(2, n_trials // 8)]
+    lrs = [float(f"{1e-4 * 10 ** (i / 4):.3g}") for i in range(n_trials // len(sizes))]
+    records = []
+    for s_i, size in enumerate(sizes):
+        for l_i, lr in enumerate(lrs):
+            final = 3.0 - 0.1 * s_i + 0.05 * abs(l_i - len(lrs) // 2)  # best: the largest size, middle lr
+            records.append(_record(f"t{s_i}_{l_i}", lr, size, [4.0, 3.5, final]))
+    best = min(records, key=lambda r: r.best()[1])
+    rows = summarize(records)
+
+    fig = learning_curves_figure(records)
+    ax = fig.axes[0]
+    assert "nats/token" in ax.get_ylabel() and "iteration" in ax.get_xlabel()
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert len(labels) == n_trials and sum(label.startswith("best:") for label in labels) == 1
+    [best_line] = [line for line in ax.get_lines() if line.get_label().startswith("best:")]
+    assert list(best_line.get_ydata()) == [p[1] for p in best.val_points()]  # the best trial's own curve
+    assert best_line.get_linewidth() > max(line.get_linewidth() for line in ax.get_lines() if line is not best_line)
+    others = [line for line in ax.get_lines() if line is not best_line]
+    colors = {matplotlib.colors.to_hex(line.get_color()) for line in others}
+    assert len(colors) == len(sizes)  # one color family per model size, not one per trial
+    legend = ax.get_legend()
+    assert len(legend.get_texts()) == n_trials
+    assert legend.get_bbox_to_anchor().x0 >= ax.get_window_extent().x1  # outside the axes: no curve hidden
+    assert legend._ncols == (1 if n_trials <= 16 else 2)
+
+    fig = lr_sweep_figure(rows)
+    ax = fig.axes[0]
+    assert "log scale" in ax.get_xlabel() and "nats/token" in ax.get_ylabel()
+    star_labels = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("best:")]
+    assert star_labels == [f"best: {best.trial} ({best.best()[1]:.3f})"]
+    assert os.path.getsize(plot_learning_curves(records, str(tmp_path / "curves.png"))) > 1000
+    assert os.path.getsize(plot_lr_sweep(rows, str(tmp_path / "lr.png"))) > 1000
