@@ -90,7 +90,8 @@ def cmd_tune(argv: list[str]) -> int:
     if wants_help(argv):
         presets = ", ".join(f"{k} ({v['n_layer']}/{v['n_head']}/{v['n_embd']})" for k, v in MODEL_PRESETS.items())
         print(format_help(SweepConfig, "tune", "Sweep learning rate and model size with Ray Tune (ASHA early stopping); "
-                                               "each trial is a Ray Train run.", footer=f"model presets: {presets}"))
+                                               "each trial is a Ray Train run; any training key given as a flag "
+                                               "(--data_root=/data) applies to every trial.", footer=f"model presets: {presets}"))
         return 0
     from .sweep import load_sweep
 
@@ -150,12 +151,14 @@ def cmd_export(argv: list[str]) -> int:
 
     from .checkpoint import load_model
     from .hf import export_hf
+    from .sample import resolve_tokenizer
 
     cfg = load(ExportConfig, argv)
-    model, _ = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path)
+    model, ckpt = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path)
+    tokenizer = resolve_tokenizer(ckpt, cfg.init_from, cfg.data_root)  # the directory carries its tokenizer
     hf_dir = cfg.hf_dir or os.path.join(cfg.out_dir, "hf")
-    export_hf(model, hf_dir)
-    print(f"wrote a Hugging Face GPT2LMHeadModel to {hf_dir}")
+    export_hf(model, hf_dir, tokenizer)
+    print(f"wrote a Hugging Face GPT2LMHeadModel with its {tokenizer.kind} tokenizer to {hf_dir}")
     return 0
 
 

@@ -29,6 +29,7 @@ GPT2_SHAPES: dict[str, dict[str, int]] = {
 GPT2_PRESETS = tuple(GPT2_SHAPES)
 GPT2_VOCAB_SIZE = 50257
 PADDED_VOCAB_SIZE = 50304
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 """GPT-2's 50257 tokens padded up to a multiple of 64 (nanoGPT's choice: faster matmuls); the extra rows are
 never targets, so the model learns to give them no probability."""
 
@@ -137,6 +138,8 @@ class TrainConfig:
     """0 for pretraining, 0.1+ for finetuning."""
     bias: bool = False
     """Bias in Linear and LayerNorm layers."""
+    gelu: typing.Literal["exact", "tanh"] = "exact"
+    """MLP activation: 'exact' GELU as nanoGPT, or 'tanh' as OpenAI GPT-2 (recorded in the checkpoint)."""
     # adamw optimizer
     learning_rate: float = 6e-4
     max_iters: int = 600000
@@ -225,7 +228,7 @@ class TrainConfig:
 
     def model_args(self) -> dict:
         return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
-                    bias=self.bias, dropout=self.dropout)
+                    bias=self.bias, dropout=self.dropout, gelu=self.gelu)
 
 
 @dataclass
@@ -459,6 +462,24 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
+def split_overrides(overrides, primary, secondary) -> tuple[list[str], dict]:
+    """--key=value flags for `primary` (returned as flags, for load_config) and for `secondary` (parsed into
+    {key: value}); a key both know stays with primary. A key neither knows fails with the closest of both."""
+    primary_fields, secondary_fields = config_fields(primary), config_fields(secondary)
+    own, other = [], {}
+    for flag in overrides:
+        if not flag.startswith("--") or "=" not in flag:
+            raise ConfigError(f"cannot read {flag!r}: overrides look like --key=value")
+        key, text = flag[2:].split("=", 1)
+        if key in primary_fields:
+            own.append(flag)
+        elif key in secondary_fields:
+            other[key] = coerce(secondary, key, _parse_flag_value(secondary, key, text))
+        else:
+            raise ConfigError(f"unknown config key {key!r}{_closest(key, [*primary_fields, *secondary_fields])}")
+    return own, other
+
+
 def load_config(cls, files=(), overrides=(), absolute_paths: bool = True):
     """Defaults < config files (in order) < --key=value overrides; returns a validated `cls`."""
     fields = config_fields(cls)
@@ -508,6 +529,8 @@ class ExportConfig:
     """An explicit checkpoint file or Ray checkpoint directory; overrides out_dir."""
     hf_dir: str = ""
     """Where the Hugging Face directory is written; '' means <out_dir>/hf."""
+    data_root: str = "data"
+    """Root folder of prepared datasets: the checkpoint's dataset meta.json gives a char model's tokenizer."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -667,8 +690,9 @@ class PrepareConfig:
     """Ray cluster to use; '' uses RAY_ADDRESS, else starts a local one."""
     progress: bool = True
     """A progress bar on stderr while tokenizing."""
-    url: str = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-    """Where tiny Shakespeare is downloaded from when there is no --input and no copy in the dataset folder."""
+    url: str = SHAKESPEARE_URL
+    """Where tiny Shakespeare is downloaded from when there is no --input and no copy in the dataset folder;
+    left at its default, the copy shipped in data/shakespeare_char/input.txt.gz is read instead."""
 
     def __post_init__(self) -> None:
         _check_choices(self)

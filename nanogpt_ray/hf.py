@@ -99,6 +99,8 @@ def from_pretrained(name_or_path, dropout=0.0) -> GPT:
         block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
         bias=True,  # GPT-2 checkpoints always have biases
         dropout=dropout,
+        # OpenAI's GPT-2 uses the tanh approximation ("gelu_new"); an exported nanoGPT model says "gelu"
+        gelu="exact" if hf_config.get("activation_function") == "gelu" else "tanh",
     )
     model = GPT(config)
     model.load_state_dict(from_hf_state_dict(read_hf_weights(directory)))
@@ -107,16 +109,89 @@ def from_pretrained(name_or_path, dropout=0.0) -> GPT:
 
 # ----------------------------------------------------------------------------- writing one
 
-def export_hf(model: GPT, out_dir: str) -> str:
-    """Write a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors) that
-    `transformers` loads. Models trained with bias=False get zero biases, which compute the same thing."""
-    from transformers import GPT2Config, GPT2LMHeadModel  # the hf extra; only needed here
+HF_ACTIVATIONS = {"tanh": "gelu_new", "exact": "gelu"}  # transformers' names for our two GELUs
+
+
+def _bytes_to_unicode():
+    """GPT-2's table from bytes to printable characters: vocab.json spells every byte-level token with it."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:  # whitespace and control bytes move past 255 so no token contains a bare space
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def gpt2_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab.json and merges.txt of GPT-2 rebuilt from tiktoken's ranks (no download): the merge behind
+    the token of rank r is what byte-pair merging of that token yields when only ranks below r may merge."""
+    to_char = _bytes_to_unicode()
+
+    def spell(token: bytes) -> str:
+        return "".join(to_char[b] for b in token)
+
+    def last_merge(token: bytes, max_rank: int) -> list[bytes]:
+        parts = [bytes([b]) for b in token]
+        while True:
+            best = None
+            for i in range(len(parts) - 1):
+                rank = ranks.get(parts[i] + parts[i + 1])
+                if rank is not None and rank < max_rank and (best is None or rank < best[1]):
+                    best = (i, rank)
+            if best is None:
+                return parts
+            i = best[0]
+            parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+
+    vocab, merges = {}, []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        vocab[spell(token)] = rank
+        if len(token) > 1:
+            left, right = last_merge(token, rank)
+            merges.append((spell(left), spell(right)))
+    return vocab, merges
+
+
+def hf_tokenizer(tokenizer):
+    """A transformers tokenizer equal to ours: GPT-2 BPE from the tiktoken ranks we already read, or a
+    one-token-per-character vocabulary for a char model. Needs transformers and tokenizers (the hf extra)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
+
+    if tokenizer.kind == "gpt2":
+        vocab, merges = gpt2_vocab_and_merges(tokenizer.encoding._mergeable_ranks)
+        vocab["<|endoftext|>"] = tokenizer.eot_token
+        return GPT2Tokenizer(vocab=vocab, merges=merges, clean_up_tokenization_spaces=False)
+    # char: every character is a token, and decoding joins them with nothing in between (the default joins
+    # with spaces); no unknown token, so text outside the vocabulary fails rather than silently changing
+    backend = Tokenizer(models.WordLevel(vocab={ch: i for i, ch in enumerate(tokenizer.chars)}, unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False,
+                                   model_max_length=int(1e30))
+
+
+def export_hf(model: GPT, out_dir: str, tokenizer=None) -> str:
+    """Write a complete Hugging Face model directory: config.json and model.safetensors (GPT2LMHeadModel),
+    generation_config.json, and, given our tokenizer, its transformers twin (tokenizer.json and friends),
+    so `transformers.pipeline("text-generation", model=out_dir)` runs with no code of ours.
+    Models trained with bias=False get zero biases, which compute the same thing."""
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel  # the hf extra; only needed here
 
     cfg = model.config
+    # GPT-2's <|endoftext|> is begin, end and (for batched generation) padding; a char vocabulary has
+    # no such token, and GPT2Config's default 50256 would point past a 65-token vocabulary
+    eot = getattr(tokenizer, "eot_token", None) if tokenizer is not None else None
+    if eot is not None and eot >= cfg.vocab_size:
+        eot = None
     hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                            n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           activation_function="gelu_new",  # GELU with the tanh approximation, like our MLP
-                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+                           activation_function=HF_ACTIVATIONS[cfg.gelu],
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
+                           bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     hf_model = GPT2LMHeadModel(hf_config)
     ours = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     hf_state = hf_model.state_dict()
@@ -126,6 +201,11 @@ def export_hf(model: GPT, out_dir: str) -> str:
         elif key.endswith(".bias") and key.replace(".bias", ".weight") in ours:
             hf_state[key] = torch.zeros_like(hf_state[key])  # bias=False models: a zero bias is no bias
     hf_model.load_state_dict(hf_state, strict=False)
+    hf_model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        hf_tok = hf_tokenizer(tokenizer)
+        hf_tok.model_max_length = cfg.block_size
+        hf_tok.save_pretrained(out_dir)
     return out_dir

@@ -89,7 +89,9 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 was trained with the tanh approximation
+        # nanoGPT uses the exact GELU; OpenAI's GPT-2 was trained with the tanh approximation. Which one a
+        # model was trained with matters once weights move between the two (hf.py, checkpoints).
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -121,6 +123,10 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
+    gelu: str = "exact"  # "exact" (nanoGPT's nn.GELU()) or "tanh" (OpenAI GPT-2's approximation)
+
+    def __post_init__(self):
+        assert self.gelu in ("exact", "tanh"), f"gelu={self.gelu!r}; use 'exact' or 'tanh'"
 
 
 class GPT(nn.Module):

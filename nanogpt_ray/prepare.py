@@ -17,6 +17,7 @@ Memory is a few units per actor, whatever the size of the corpus.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import urllib.request
 
 import numpy as np
 
-from .config import PrepareConfig
+from .config import SHAKESPEARE_URL, PrepareConfig
 from .corpus import PrepareError, decode, documents_of_unit, expand_inputs, plan_units
 from .files import atomic_write_text, open_temp_beside
 from .tokenizer import CharTokenizer, token_dtype_for
@@ -83,9 +84,15 @@ def check_writable(out_dir: str) -> None:
 
 # ----------------------------------------------------------------------------- tiny Shakespeare
 
+# The project ships tiny Shakespeare (gzip, 0.4 MB) so the quick start works offline; found beside the
+# package when running from the repository or an editable install.
+SHIPPED_SHAKESPEARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   "data", "shakespeare_char", "input.txt.gz")
+
+
 def shakespeare_source(cfg: PrepareConfig) -> str:
     """Where the text comes from: --input wins, then a copy in the dataset folder (ours or the sibling
-    Shakespeare's), then cfg.url."""
+    Shakespeare's), then the copy shipped with the project unless --url names another source, then cfg.url."""
     if cfg.input:
         if not os.path.isfile(cfg.input):
             raise PrepareError(f"input file {cfg.input!r} does not exist")
@@ -94,12 +101,14 @@ def shakespeare_source(cfg: PrepareConfig) -> str:
         candidate = os.path.join(cfg.data_root, name, "input.txt")
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
+    if cfg.url == SHAKESPEARE_URL and os.path.isfile(SHIPPED_SHAKESPEARE):  # the same text, no network
+        return SHIPPED_SHAKESPEARE
     return cfg.url
 
 
 def shakespeare_text(source: str, cfg: PrepareConfig) -> str:
     if os.path.isfile(source):
-        with open(source, "rb") as f:
+        with (gzip.open if source.endswith(".gz") else open)(source, "rb") as f:
             return decode(f.read(), source, cfg.errors)
     try:
         with urllib.request.urlopen(source, timeout=30) as response:

@@ -32,6 +32,7 @@ from .config import (
     load_config,
     model_preset,
     split_args,
+    split_overrides,
 )
 from .sweep_results import (  # noqa: F401  (SweepError and the results helpers are part of this module's API)
     METRIC,
@@ -59,9 +60,14 @@ DRIVER_CPUS = 0.01
 # ----------------------------------------------------------------------------- trials from the config
 
 def load_sweep(argv: list[str]) -> SweepConfig:
+    """The sweep from its config files and flags. A flag naming a training key (--data_root=/data) applies
+    to every trial, on top of base_config and the file's train_overrides; sweep keys keep their meaning."""
     files, overrides = split_args(argv)
     try:
-        sweep = load_config(SweepConfig, files, overrides)
+        sweep_flags, train_flags = split_overrides(overrides, SweepConfig, TrainConfig)
+        sweep = load_config(SweepConfig, files, sweep_flags)
+        if train_flags:
+            sweep = dataclasses.replace(sweep, train_overrides={**sweep.train_overrides, **train_flags})
     except ConfigError as e:
         raise SweepError(str(e)) from None
     if sweep.base_config:

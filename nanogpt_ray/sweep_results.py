@@ -217,48 +217,92 @@ def _pyplot():
     return plt
 
 
-def plot_lr_sweep(rows: list[dict], path: str) -> str:
-    """Best val loss against learning rate, one line per model size (log x axis)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sizes = sorted({r["model_size"] or "base" for r in rows})
-    for size in sizes:
-        pts = sorted((r["learning_rate"], r["best_val_loss"]) for r in rows
-                     if (r["model_size"] or "base") == size and r["best_val_loss"] is not None and r["learning_rate"])
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=size)
-            early = [(r["learning_rate"], r["best_val_loss"]) for r in rows if (r["model_size"] or "base") == size
-                     and r["stopped_early"] and r["best_val_loss"] is not None and r["learning_rate"]]
-            if early:
-                ax.scatter([p[0] for p in early], [p[1] for p in early], marker="x", color="k", zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("best val loss")
-    ax.set_title("val loss vs learning rate (x: stopped early)")
-    ax.legend(title="model size")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+LOSS_LABEL = "val loss (cross-entropy, nats/token)"
+LR_LABEL = "peak learning rate (log scale)"
+ITER_LABEL = "iteration (optimizer steps)"
+
+
+def _save(fig, path: str) -> str:
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # tight: keeps a legend placed outside the axes
+    _pyplot().close(fig)
     return path
+
+
+def _size_colors(sizes: list[str]) -> dict[str, tuple]:
+    """One color per model size, so 32 trials read as a few families rather than 32 unrelated lines."""
+    cmap = _pyplot().get_cmap("tab10")
+    return {size: cmap(i % 10) for i, size in enumerate(sizes)}
+
+
+def lr_sweep_figure(rows: list[dict]):
+    """Best val loss against learning rate, one line per model size; the best trial is starred."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sizes = sorted({r["model_size"] or "base" for r in rows})
+    colors = _size_colors(sizes)
+    scored = [r for r in rows if r["best_val_loss"] is not None and r["learning_rate"]]
+    for size in sizes:
+        pts = sorted((r["learning_rate"], r["best_val_loss"]) for r in scored if (r["model_size"] or "base") == size)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[size], label=size)
+    early = [(r["learning_rate"], r["best_val_loss"]) for r in scored if r["stopped_early"]]
+    if early:
+        ax.scatter([p[0] for p in early], [p[1] for p in early], marker="x", color="k", zorder=3, label="stopped early")
+    if scored:
+        best = min(scored, key=lambda r: r["best_val_loss"])
+        ax.scatter([best["learning_rate"]], [best["best_val_loss"]], marker="*", s=250, color="gold",
+                   edgecolors="k", zorder=4, label=f"best: {best['trial']} ({best['best_val_loss']:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel(LR_LABEL)
+    ax.set_ylabel("best " + LOSS_LABEL)
+    ax.set_title("best val loss vs learning rate, per model size")
+    ax.legend(title="model size", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def plot_lr_sweep(rows: list[dict], path: str) -> str:
+    return _save(lr_sweep_figure(rows), path)
+
+
+def learning_curves_figure(records: list[TrialRecord]):
+    """Val loss per trial against iterations. Color is the model size, shade the learning rate (darker =
+    higher); the best trial is drawn thick and black on top. The legend sits outside the axes and wraps into
+    columns, so 32 trials stay readable."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    curves = [(rec, rec.val_points()) for rec in records]
+    curves = [(rec, pts) for rec, pts in curves if pts]
+    sizes = sorted({rec.params.get("model_size", "") or "base" for rec, _ in curves})
+    colors = _size_colors(sizes)
+    lrs = sorted({rec.params.get("learning_rate") for rec, _ in curves if rec.params.get("learning_rate")})
+    best = min(curves, key=lambda c: c[0].best()[1])[0] if curves else None
+    for rec, pts in curves:
+        size = rec.params.get("model_size", "") or "base"
+        lr = rec.params.get("learning_rate")
+        label = f"{size} lr={lr:.1e}" if lr else rec.trial
+        # shade by lr rank: light (0.35) for the lowest, full color for the highest
+        alpha = 0.35 + 0.65 * (lrs.index(lr) / max(1, len(lrs) - 1)) if lr in lrs else 1.0
+        if rec is best:
+            continue  # drawn last, on top
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[size], alpha=alpha, linewidth=1.2, label=label)
+    if best is not None:
+        pts = best.val_points()
+        lr = best.params.get("learning_rate")
+        size = best.params.get("model_size", "") or "base"
+        label = f"best: {size} lr={lr:.1e} ({best.best()[1]:.3f})" if lr else f"best: {best.trial} ({best.best()[1]:.3f})"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="k", linewidth=2.5, marker="o", markersize=4,
+                label=label, zorder=5)
+    ax.set_xlabel(ITER_LABEL)
+    ax.set_ylabel(LOSS_LABEL)
+    ax.set_title(f"learning curves of {len(curves)} trials (color: model size, shade: learning rate)")
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=max(1, math.ceil(len(curves) / 16)))
+    return fig
 
 
 def plot_learning_curves(records: list[TrialRecord], path: str) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for rec in records:
-        pts = rec.val_points()
-        if pts:
-            lr = rec.params.get("learning_rate")
-            label = f"{rec.params.get('model_size', '') or 'base'} lr={lr:.1e}" if lr else rec.trial
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("val loss")
-    ax.set_title("learning curves of all trials")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(learning_curves_figure(records), path)
 
 
 def plot_scaling_law(points: list[tuple[str, int, float]], fit: tuple[float, float, float], path: str) -> str:
@@ -274,8 +318,8 @@ def plot_scaling_law(points: list[tuple[str, int, float]], fit: tuple[float, flo
     a, alpha, c = fit
     ax.plot(grid, [scaling_law(x, a, alpha, c) for x in grid], label=f"L(N) = {a:.3g}·N^-{alpha:.3f} + {c:.3f}")
     ax.set_xscale("log")
-    ax.set_xlabel("parameters N")
-    ax.set_ylabel("best val loss")
+    ax.set_xlabel("parameters N (log scale)")
+    ax.set_ylabel("best " + LOSS_LABEL)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

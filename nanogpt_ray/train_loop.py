@@ -179,11 +179,12 @@ def log(runtime: Runtime, msg: str) -> None:
 def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime: Runtime):
     """(model, model_args): from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size."""
     if ckpt is not None:
-        model, model_args = model_from_checkpoint(ckpt, dropout=cfg.dropout), dict(ckpt["model_args"])
+        model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
+        model_args = dict(ckpt["model_args"], gelu=model.config.gelu)  # nanoGPT checkpoints gain the key
     elif cfg.init_from in GPT2_PRESETS or os.path.isdir(cfg.init_from):
         log(runtime, f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
+        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "gelu")}
         model_args["dropout"] = cfg.dropout
     else:
         model_args = dict(cfg.model_args(), vocab_size=model_vocab_size(meta))

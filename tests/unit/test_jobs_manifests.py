@@ -64,3 +64,24 @@ def test_job_entrypoint_rejects_a_bad_key_in_one_line(capfd):
 def test_manifests_keep_the_dashboard_off_public_interfaces(name):
     text = (JOBS / name).read_text()
     assert "0.0.0.0" not in text
+
+
+# KubeRay's submission modes and whether the submitter reaches a dashboard bound to the head's loopback:
+# K8sJobMode (the default) and HTTPMode submit from outside the head pod; SidecarMode submits from a
+# container in it; InteractiveMode waits for a person to submit (through kubectl port-forward).
+SUBMITTERS_THAT_REACH_LOOPBACK = {"SidecarMode", "InteractiveMode"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def test_a_loopback_dashboard_is_paired_with_a_submission_mode_that_reaches_it():
+    manifests = [m for m in yaml.safe_load_all((JOBS / "rayjob.yaml").read_text()) if m and m.get("kind") == "RayJob"]
+    assert manifests
+    for manifest in manifests:
+        spec = manifest["spec"]
+        head_params = spec["rayClusterSpec"]["headGroupSpec"].get("rayStartParams", {})
+        host = str(head_params.get("dashboard-host", "127.0.0.1"))  # ray start binds 127.0.0.1 by default
+        mode = spec.get("submissionMode", "K8sJobMode")
+        if host in LOOPBACK_HOSTS:
+            assert mode in SUBMITTERS_THAT_REACH_LOOPBACK, (
+                f"{manifest['metadata']['name']}: dashboard on {host} but submissionMode {mode} submits from outside the head pod")
+    assert manifests[0]["spec"]["submissionMode"] == "SidecarMode"

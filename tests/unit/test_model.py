@@ -187,7 +187,7 @@ def test_logits_equal_a_random_transformers_gpt2_after_conversion():
     with torch.no_grad():  # move far from the init so biases, LayerNorms and GELU's curve all show in the logits
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    ours = GPT(GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, bias=True)).eval()
+    ours = GPT(GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, bias=True, gelu="tanh")).eval()
     ours.load_state_dict(from_hf_state_dict(hf.state_dict()))  # strict: every key maps
 
     idx = torch.randint(0, VOCAB, (3, 64))

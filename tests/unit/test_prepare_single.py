@@ -369,3 +369,17 @@ def test_prepare_keeps_the_loaders_dtype_rule_without_importing_torch():
     assert [token_dtype_for(v) for v in (65, 50257, 65536, 65537, 100277)] == ["uint16"] * 3 + ["uint32"] * 2
     code = "import sys, nanogpt_ray.prepare; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_shakespeare_char_without_input_reads_the_copy_shipped_with_the_project(tmp_path, monkeypatch):
+    from nanogpt_ray.prepare import SHIPPED_SHAKESPEARE
+
+    monkeypatch.delenv("SHAKESPEARE_INPUT", raising=False)
+    monkeypatch.setattr("urllib.request.urlopen", None)  # any download attempt would fail loudly
+    meta = run(tmp_path, "--dataset=shakespeare_char")
+    shipped = pathlib.Path(__file__).resolve().parents[2] / "data" / "shakespeare_char" / "input.txt.gz"
+    assert meta["source"] == SHIPPED_SHAKESPEARE and os.path.samefile(meta["source"], shipped)
+    assert meta["vocab_size"] == 65 and meta["train_tokens"] == 1_003_854 and meta["val_tokens"] == 111_540
+    on_disk = read_meta(str(out_dir(tmp_path, "shakespeare_char")))
+    assert on_disk["source"] == str(shipped) and on_disk["train_tokens"] == 1_003_854
+    assert os.path.getsize(out_dir(tmp_path, "shakespeare_char") / "val.bin") == 111_540 * 2  # uint16

@@ -26,7 +26,7 @@ def random_hf_model(seed=0):
 
 def our_random_model(bias, seed=0):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=32, vocab_size=101, n_layer=2, n_head=4, n_embd=32, bias=bias)).eval()
+    model = GPT(GPTConfig(block_size=32, vocab_size=101, n_layer=2, n_head=4, n_embd=32, bias=bias, gelu="tanh")).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)

@@ -22,6 +22,8 @@ from nanogpt_ray.sweep_results import (
     TrialRecord,
     fit_scaling_law,
     format_table,
+    learning_curves_figure,
+    lr_sweep_figure,
     plot_learning_curves,
     plot_lr_sweep,
     plot_scaling_law,
@@ -198,3 +200,74 @@ def test_scaling_law_fit_needs_three_points_and_plots(tmp_path):
     fit = fit_scaling_law([p[1] for p in points], [p[2] for p in points])
     assert all(math.isfinite(v) for v in fit)
     assert os.path.getsize(plot_scaling_law(points, fit, str(tmp_path / "s.png"))) > 1000
+
+
+# ------------------------------------------------------------------ training keys given to `tune` as flags
+
+def test_training_flags_reach_every_trial_on_top_of_base_config_and_train_overrides(tmp_path):
+    base_file = tmp_path / "base.py"
+    base_file.write_text("max_iters = 40\ndata_root = 'elsewhere'\nbatch_size = 4\n")
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(f"base_config = {str(base_file)!r}\ntrain_overrides = {{'batch_size': 8, 'max_iters': 30}}\n"
+                          "learning_rates = [1e-3, 3e-3]\nmodel_sizes = ['tiny', 'mini']\n")
+    sweep = load_sweep([str(sweep_file), "--data_root=/data", "--batch_size=2", "--sweep_name=flags"])
+    assert sweep.sweep_name == "flags" and sweep.learning_rates == [1e-3, 3e-3]  # sweep keys keep their meaning
+    base = base_train_config(sweep)
+    trials = [trial_train_config(base, {"learning_rate": lr, "model_size": size})
+              for lr in sweep.learning_rates for size in sweep.model_sizes]
+    assert len(trials) == 4
+    for cfg in trials:
+        assert cfg.data_root == "/data"  # the flag beats the base config file
+        assert cfg.batch_size == 2  # and the sweep file's train_overrides
+        assert cfg.max_iters == 30  # keys no flag names keep the file's value
+    assert {(c.learning_rate, c.n_layer) for c in trials} == {(1e-3, 2), (1e-3, 4), (3e-3, 2), (3e-3, 4)}
+
+
+def test_a_flag_neither_sweep_nor_training_knows_names_the_closest_of_both():
+    with pytest.raises(SweepError, match=r"^unknown config key 'data_rot'; did you mean 'data_root'\?$"):
+        load_sweep(["--data_rot=/data"])
+    with pytest.raises(SweepError, match=r"^unknown config key 'sweep_nam'; did you mean 'sweep_name'\?$"):
+        load_sweep(["--sweep_nam=x"])
+    with pytest.raises(SweepError, match="batch_size"):  # a training key with a bad value fails on its own name
+        load_sweep(["--batch_size=many"])
+
+
+# ------------------------------------------------------------------ plots: units, the best trial, many trials
+
+@pytest.mark.parametrize("n_trials", [4, 32])
+def test_plots_label_units_mark_the_best_trial_and_keep_32_curves_readable(tmp_path, n_trials):
+    import matplotlib.colors
+
+    sizes = ["tiny", "mini", "small", "gpt2"][: max(2, n_trials // 8)]
+    lrs = [float(f"{1e-4 * 10 ** (i / 4):.3g}") for i in range(n_trials // len(sizes))]
+    records = []
+    for s_i, size in enumerate(sizes):
+        for l_i, lr in enumerate(lrs):
+            final = 3.0 - 0.1 * s_i + 0.05 * abs(l_i - len(lrs) // 2)  # best: the largest size, middle lr
+            records.append(_record(f"t{s_i}_{l_i}", lr, size, [4.0, 3.5, final]))
+    best = min(records, key=lambda r: r.best()[1])
+    rows = summarize(records)
+
+    fig = learning_curves_figure(records)
+    ax = fig.axes[0]
+    assert "nats/token" in ax.get_ylabel() and "iteration" in ax.get_xlabel()
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert len(labels) == n_trials and sum(label.startswith("best:") for label in labels) == 1
+    [best_line] = [line for line in ax.get_lines() if line.get_label().startswith("best:")]
+    assert list(best_line.get_ydata()) == [p[1] for p in best.val_points()]  # the best trial's own curve
+    assert best_line.get_linewidth() > max(line.get_linewidth() for line in ax.get_lines() if line is not best_line)
+    others = [line for line in ax.get_lines() if line is not best_line]
+    colors = {matplotlib.colors.to_hex(line.get_color()) for line in others}
+    assert len(colors) == len(sizes)  # one color family per model size, not one per trial
+    legend = ax.get_legend()
+    assert len(legend.get_texts()) == n_trials
+    assert legend.get_bbox_to_anchor().x0 >= ax.get_window_extent().x1  # outside the axes: no curve hidden
+    assert legend._ncols == (1 if n_trials <= 16 else 2)
+
+    fig = lr_sweep_figure(rows)
+    ax = fig.axes[0]
+    assert "log scale" in ax.get_xlabel() and "nats/token" in ax.get_ylabel()
+    star_labels = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("best:")]
+    assert star_labels == [f"best: {best.trial} ({best.best()[1]:.3f})"]
+    assert os.path.getsize(plot_learning_curves(records, str(tmp_path / "curves.png"))) > 1000
+    assert os.path.getsize(plot_lr_sweep(rows, str(tmp_path / "lr.png"))) > 1000
