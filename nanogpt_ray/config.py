@@ -187,6 +187,11 @@ class TrainConfig:
     num_checkpoints_to_keep: int = 2
     max_nan_rollbacks: int = 3
     """Non-finite losses survived (each rolls back to the last checkpoint) before the run fails."""
+    nan_skip_batches: bool = True
+    """After a rollback, move the data past the batches of the iteration whose loss was not finite, so a bad
+    batch is not replayed; False replays the same batches (exactly the run without the fault)."""
+    nan_lr_scale: float = 1.0
+    """Multiply the learning rate by this after each rollback (e.g. 0.5 when the lr caused it); 1 keeps it."""
     address: str = ""
     """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
 
@@ -202,6 +207,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.max_iters < 0:
             raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
+        if not 0 < self.nan_lr_scale <= 1:
+            raise ConfigError(f"nan_lr_scale={self.nan_lr_scale} must be in (0, 1]")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
         if self.gradient_accumulation_steps % self.num_workers != 0:

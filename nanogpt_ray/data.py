@@ -47,6 +47,11 @@ def check_block_size(data: np.ndarray, block_size: int, name: str) -> None:
                         "lower block_size or prepare more data")
 
 
+def skip_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator) -> None:
+    """Advance `generator` past one batch without reading it: the same draw get_batch makes."""
+    torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+
+
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, device: str = "cpu"):
     """batch_size random windows of block_size tokens: inputs x and next-token targets y, both (B, T) int64.
 

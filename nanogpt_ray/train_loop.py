@@ -17,8 +17,12 @@ Contracts worth knowing before reading the loop:
   round-robin over the ranks and all-reduced, so val loss does not depend on the worker count.
 - Non-finite loss: the step is skipped and every rank rolls back to the last checkpoint, at most
   `max_nan_rollbacks` times, then the run fails naming the iteration.
+  The check costs no host sync: the flag stays on the device and is read where nanoGPT reads the loss anyway
+  (each log line) and before every eval, so no checkpoint ever holds a non-finite step. A rollback moves
+  the data past the offending iteration's batches (nan_skip_batches) and may lower the lr (nan_lr_scale).
   Test hook: NANOGPT_RAY_INJECT_NAN_AT_ITER=ITER[:TIMES] makes rank 0's loss NaN at iteration ITER
-  (the first TIMES times that iteration runs in this process; default once).
+  (the first TIMES times that iteration runs in this process; default once); ITER:batch makes it NaN every
+  time the batch first seen at iteration ITER comes back.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 
 from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import GPT2_PRESETS, TrainConfig, UserError, from_dict, to_dict
-from .data import check_block_size, get_batch, load_split
+from .data import check_block_size, get_batch, load_split, skip_batch
 from .device import autocast_context, choose_device, default_peak_flops, enable_tf32, resolve_dtype
 from .files import atomic_copy
 from .hf import from_pretrained
@@ -129,6 +133,8 @@ class TrainState:
     wandb_run_id: str | None = None
     resumed_from: int = 0
     nan_rollbacks: int = 0
+    skip_iters: set = field(default_factory=set)  # iterations whose batches made the loss non-finite
+    lr_scale: float = 1.0  # nan_lr_scale to the power of the rollbacks so far
     meta: dict = field(default_factory=dict)  # rank, world size, device type: what the RNG states belong to
 
 
@@ -145,12 +151,52 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def nan_injection() -> tuple[int, int] | None:
-    value = os.environ.get(INJECT_NAN_ENV, "")
-    if not value:
-        return None
-    at, _, times = value.partition(":")
-    return int(at), int(times or 1)
+class NanHook:
+    """The test hook NANOGPT_RAY_INJECT_NAN_AT_ITER (see the module docstring)."""
+
+    def __init__(self, value: str):
+        at, _, times = value.partition(":")
+        self.at, self.per_batch = int(at), times == "batch"
+        self.times = 1 if self.per_batch or not times else int(times)
+        self.fired, self.batch = 0, None
+
+    @classmethod
+    def from_env(cls) -> "NanHook | None":
+        value = os.environ.get(INJECT_NAN_ENV, "")
+        return cls(value) if value else None
+
+    def fires(self, iter_num: int, X: torch.Tensor) -> bool:
+        if self.per_batch:
+            if self.batch is None and iter_num == self.at:
+                self.batch = X.clone()
+            return self.batch is not None and torch.equal(X, self.batch)
+        if iter_num == self.at and self.fired < self.times:
+            self.fired += 1
+            return True
+        return False
+
+
+class NonFiniteWatch:
+    """The first non-finite loss since the last check, kept on the device: noting a loss costs no host sync,
+    reading it does (one .item(), where the loop reads the loss anyway)."""
+
+    def __init__(self, device: str):
+        self.first_iter = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), dtype=torch.float64, device=device)
+
+    def note(self, loss: torch.Tensor, iter_num: int) -> None:
+        first = ~torch.isfinite(loss).all() & (self.first_iter < 0)
+        self.first_iter = torch.where(first, iter_num, self.first_iter)
+        self.value = torch.where(first, loss.reshape(()), self.value)
+
+    def read(self) -> tuple[int, float] | None:
+        """(iteration, value) of the first non-finite loss since the last read, or None."""
+        first = int(self.first_iter.item())
+        if first < 0:
+            return None
+        value = float(self.value.item())
+        self.first_iter.fill_(-1)
+        return first, value
 
 
 def all_gather(obj, world_size: int) -> list:
@@ -239,6 +285,8 @@ def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> di
             "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
             "wandb_run_id": state.wandb_run_id,
             "num_workers": world_size,
+            "skip_iters": sorted(state.skip_iters),
+            "lr_scale": state.lr_scale,
         },
     }
 
@@ -259,6 +307,25 @@ def report_with_checkpoint(state: TrainState, cfg: TrainConfig, runtime: Runtime
     finally:
         if tmp_dir:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def recover_from_nonfinite(state: TrainState, cfg: TrainConfig, runtime: Runtime, bad_iter: int, value: float) -> None:
+    """Roll back to the latest checkpoint, past the offending batches and at a lower lr if so configured;
+    or fail in one line once max_nan_rollbacks are spent (retrying the run cannot help)."""
+    state.nan_rollbacks += 1
+    if state.nan_rollbacks > cfg.max_nan_rollbacks:
+        raise NonFiniteLossError(f"loss is {value} at iteration {bad_iter}; rolled back {state.nan_rollbacks - 1} times "
+                                 f"(max_nan_rollbacks={cfg.max_nan_rollbacks}); lower learning_rate or check the data")
+    rollback(state, cfg, runtime, bad_iter)
+    what = []
+    if cfg.nan_skip_batches:
+        state.skip_iters.add(bad_iter)
+        what.append(f"skipping the batches of iteration {bad_iter}")
+    if cfg.nan_lr_scale != 1.0:
+        state.lr_scale *= cfg.nan_lr_scale
+        what.append(f"lr x{state.lr_scale:g}")
+    log(runtime, f"loss is {value} at iteration {bad_iter}: rolled back to iteration {state.iter_num} "
+                 f"({state.nan_rollbacks}/{cfg.max_nan_rollbacks}){': ' + ', '.join(what) if what else ''}")
 
 
 def rollback(state: TrainState, cfg: TrainConfig, runtime: Runtime, bad_iter: int) -> None:
@@ -370,7 +437,9 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     if ckpt is not None:
         state.iter_num = state.resumed_from = int(ckpt["iter_num"])
         state.best_val_loss = float(ckpt["best_val_loss"])
-        state.wandb_run_id = ckpt.get("resume", {}).get("wandb_run_id")
+        resume = ckpt.get("resume", {})
+        state.wandb_run_id = resume.get("wandb_run_id")
+        state.skip_iters, state.lr_scale = set(resume.get("skip_iters", [])), float(resume.get("lr_scale", 1.0))
         if "optimizer" in ckpt:
             restore(state, ckpt, cfg, runtime)
     ckpt = None  # free memory
@@ -390,12 +459,12 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                     node_id=runtime.node_id(), tokens_per_iter=tokens_per_iter, cpu_threads=threads)
 
     # ------------------------------------------------------------------ training loop
-    inject, injected = nan_injection(), 0
+    nan_hook, nonfinite = NanHook.from_env(), NonFiniteWatch(device)
     local_iter_num = 0
     running_mfu = -1.0
     step_time, steps_timed = 0.0, 0  # training time since the last log line (eval and reports left out)
     while True:
-        lr = get_lr(state.iter_num, cfg)
+        lr = get_lr(state.iter_num, cfg) * state.lr_scale
         for param_group in state.optimizer.param_groups:
             param_group["lr"] = lr
         info = dict(run_info, iter=state.iter_num, resumed_from=state.resumed_from, nan_rollbacks=state.nan_rollbacks)
@@ -424,6 +493,9 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         # forward/backward with gradient accumulation; grads sync across ranks only on the last micro-step
         t_iter = time.time()
         loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
+        if state.iter_num in state.skip_iters:  # these batches made the loss non-finite: move past them
+            for k in my_streams:
+                skip_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[k])
         streams = iter(my_streams)
         X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)
         for micro_step in range(m):
@@ -432,8 +504,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                 model.require_backward_grad_sync = micro_step == m - 1
             with ctx:
                 _, loss = model(X, Y)
-                if inject and master_process and state.iter_num == inject[0] and injected < inject[1] and micro_step == 0:
-                    injected += 1
+                if nan_hook and master_process and micro_step == 0 and nan_hook.fires(state.iter_num, X):
                     loss = loss * float("nan")  # test hook (NANOGPT_RAY_INJECT_NAN_AT_ITER)
                 loss_sum += loss.detach().double()
                 loss = loss / m  # DDP averages over ranks, so the gradient is the mean over all micro-steps
@@ -441,19 +512,10 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                 # fetch the next micro-batch while the accelerator is still busy with this backward pass
                 X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)
             state.scaler.scale(loss).backward()
-        # the iteration's mean loss over every rank: both the logged value and the NaN check all ranks agree on
-        loss_mean = all_reduce_sum(loss_sum, world_size).item() / cfg.gradient_accumulation_steps
-        if not math.isfinite(loss_mean):
-            state.nan_rollbacks += 1
-            if state.nan_rollbacks > cfg.max_nan_rollbacks:
-                raise NonFiniteLossError(f"loss is {loss_mean} at iteration {state.iter_num}; rolled back "
-                                         f"{state.nan_rollbacks - 1} times (max_nan_rollbacks={cfg.max_nan_rollbacks}); "
-                                         "lower learning_rate or check the data")
-            bad_iter = state.iter_num
-            rollback(state, cfg, runtime, bad_iter)
-            log(runtime, f"loss is {loss_mean} at iteration {bad_iter}: rolled back to iteration {state.iter_num} "
-                         f"({state.nan_rollbacks}/{cfg.max_nan_rollbacks})")
-            continue
+        # the iteration's mean loss over every rank (all ranks agree on it), left on the device: reading it here
+        # would make the host wait for the GPU every iteration, which nanoGPT pays only at log_interval
+        loss_mean = all_reduce_sum(loss_sum, world_size) / cfg.gradient_accumulation_steps
+        nonfinite.note(loss_mean, state.iter_num)
         if cfg.grad_clip != 0.0:
             state.scaler.unscale_(state.optimizer)
             torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
@@ -465,7 +527,16 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         local_iter_num += 1
         step_time += time.time() - t_iter
         steps_timed += 1
+        # the non-finite check, at the host syncs the loop makes anyway: each log line, and before each eval
+        # (so a checkpoint never holds a non-finite step) and the end
+        sync_point = state.iter_num % cfg.log_interval == 0 or state.iter_num % cfg.eval_interval == 0
+        bad = nonfinite.read() if sync_point or state.iter_num >= cfg.max_iters else None
+        if bad is not None:
+            recover_from_nonfinite(state, cfg, runtime, *bad)
+            step_time, steps_timed = 0.0, 0
+            continue
         if state.iter_num % cfg.log_interval == 0:
+            loss_value = loss_mean.item()
             dt = step_time / steps_timed  # mean seconds per training iteration since the last log line
             step_time, steps_timed = 0.0, 0
             if local_iter_num >= 5:  # let the first iterations (compile, warm-up) pass
@@ -473,13 +544,13 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             tokens_per_s = tokens_per_iter / dt
             eta_s = (cfg.max_iters - state.iter_num) * dt
-            log(runtime, f"iter {state.iter_num}: loss {loss_mean:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s, "
+            log(runtime, f"iter {state.iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s, "
                          f"mfu {running_mfu * 100:.2f}%, lr {lr:.2e}, eta {eta_s / 60:.1f}min")
             if wandb_run is not None:
-                wandb_run.log({"iter": state.iter_num, "train/step_loss": loss_mean, "lr": lr,
+                wandb_run.log({"iter": state.iter_num, "train/step_loss": loss_value, "lr": lr,
                                "tokens_per_s": tokens_per_s, "ms_per_iter": dt * 1000}, step=state.iter_num)
             if state.iter_num % cfg.eval_interval != 0 and state.iter_num < cfg.max_iters:  # eval reports those
-                runtime.report(dict(info, iter=state.iter_num, loss=loss_mean, lr=lr, ms_per_iter=dt * 1000,
+                runtime.report(dict(info, iter=state.iter_num, loss=loss_value, lr=lr, ms_per_iter=dt * 1000,
                                     tokens_per_s=tokens_per_s, mfu=running_mfu, eta_s=eta_s))
 
     if wandb_run is not None:

@@ -16,14 +16,14 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..checkpoint import CKPT_NAME
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig, UserError, to_dict
 from ..device import choose_device
 from ..preflight import LaunchError, check_local, check_placement, run_dir, run_has_checkpoint
-from ..train_loop import NonFiniteLossError, Runtime, train
+from ..train_loop import Runtime, train
 from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars
 
 # Ray Train V2 routes workers' print() through its logger (each of our log lines then reached the console
@@ -95,6 +95,35 @@ def train_loop_per_worker(config: dict) -> None:
 
 # ----------------------------------------------------------------------------- the driver
 
+class StopOnUserError(UserCallback):
+    """Ray Train retries any worker exception up to max_failures. Bad input (a config, dataset, device or
+    checkpoint error) and a diverged run (non-finite loss after every rollback) fail the same way on every
+    retry, so end the run at the first one and keep the restart budget for crashes (a killed worker, a lost
+    node). Runs on the Train controller: an exception raised here stops it, and controller errors are
+    not retried."""
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        for rank in sorted(worker_exceptions):
+            error = user_error_in(worker_exceptions[rank])
+            if error is not None:
+                raise RunStopped(f"{error}")
+
+
+class RunStopped(UserError):
+    """A worker's UserError, carried out of Ray Train without a retry."""
+
+
+def user_error_in(error: BaseException | None) -> UserError | None:
+    """The UserError inside a (Ray-wrapped) exception chain, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, UserError):
+            return error
+        error = getattr(error, "cause", None) or getattr(error, "controller_failure", None) or error.__cause__
+    return None
+
+
 def check_cluster(cfg: TrainConfig) -> tuple[TrainConfig, bool]:
     """(cfg with cpus_per_worker decided, use_gpu); fails when the workers can never all be placed on the
     cluster's alive nodes."""
@@ -121,7 +150,7 @@ def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.max_failures),  # restart the group from the latest checkpoint
             worker_runtime_env={"env_vars": env_vars},
-            callbacks=callbacks or None,
+            callbacks=[StopOnUserError(), *(callbacks or [])],
         ),
     )
 
@@ -142,17 +171,10 @@ def launch(cfg: TrainConfig):
         try:
             result = build_trainer(cfg, use_gpu).fit()
         except Exception as e:
-            if NonFiniteLossError.__name__ in f"{type(e).__name__} {e} {getattr(e, '__cause__', '')!r}":
-                raise LaunchError(non_finite_message(e)) from None
+            error = user_error_in(e)
+            if error is not None:  # one line for the person, with the original chain kept for debugging
+                raise LaunchError(str(error).strip().splitlines()[-1]) from e
             raise
         if result.checkpoint is not None:
             print(f"latest checkpoint: {result.checkpoint.path} (and {os.path.join(cfg.out_dir, CKPT_NAME)})", flush=True)
         return result
-
-
-def non_finite_message(error: BaseException) -> str:
-    text = str(error)
-    for line in text.splitlines()[::-1]:
-        if NonFiniteLossError.__name__ in line:
-            return line.split(f"{NonFiniteLossError.__name__}:", 1)[-1].strip()
-    return text.splitlines()[0] if text else "loss is not finite"

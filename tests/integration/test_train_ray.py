@@ -125,17 +125,38 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, da
 @pytest.mark.timeout(180)
 def test_nan_loss_rolls_back_to_the_last_checkpoint_and_replays(uninterrupted, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv(INJECT_NAN_ENV, "12")  # rank 0's loss is NaN the first time iteration 12 runs
-    result = train(_cfg(data_root, tmp_path / "out", max_iters=20, **RESUME))
+    # nan_skip_batches=False replays the same batches: the run must then equal the uninterrupted one
+    result = train(_cfg(data_root, tmp_path / "out", max_iters=20, nan_skip_batches=False, **RESUME))
     assert result.metrics["nan_rollbacks"] == 1
     # rolled back to iteration 10 with its RNG streams, so the replay is the uninterrupted run exactly
     _assert_same_state(_weights(tmp_path / "out"), uninterrupted)
 
 
 @pytest.mark.timeout(120)
-def test_nan_loss_that_persists_fails_naming_the_iteration(ray_start_2_cpus, data_root, tmp_path, monkeypatch):
+def test_nan_loss_that_persists_fails_at_once_naming_the_iteration(ray_start_2_cpus, data_root, tmp_path, monkeypatch):
+    import ray.train
+
     monkeypatch.setenv(INJECT_NAN_ENV, "3:5")
-    with pytest.raises(LaunchError, match=r"loss is nan at iteration 3; rolled back 1 times"):
-        train(_cfg(data_root, tmp_path / "out", max_iters=6, eval_interval=2, max_nan_rollbacks=1))
+    # max_failures=3: a diverged run fails the same way every time, so it must not use Ray's restart budget
+    with pytest.raises(LaunchError, match=r"loss is nan at iteration 3; rolled back 1 times") as caught:
+        train(_cfg(data_root, tmp_path / "out", max_iters=6, eval_interval=2, max_nan_rollbacks=1, max_failures=3))
+    # stopped by the controller at the first worker error; a retried run ends in WorkerGroupError instead
+    assert isinstance(caught.value.__cause__, ray.train.ControllerError)
+    assert not isinstance(caught.value.__cause__, ray.train.WorkerGroupError)
+
+
+@pytest.mark.timeout(120)
+def test_a_corrupt_checkpoint_found_by_the_workers_is_not_retried(ray_start_2_cpus, data_root, tmp_path):
+    import ray.train
+
+    # the driver only sees that out_dir/ckpt.pt exists; the workers find it unreadable. That fails the same way
+    # on every try, so one line and no restarts, whatever max_failures allows
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / CKPT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(LaunchError, match=r"ckpt.pt is not a checkpoint that loads with weights_only=True") as caught:
+        train(_cfg(data_root, tmp_path / "out", max_iters=4, init_from="resume", max_failures=3))
+    assert len(str(caught.value).splitlines()) == 1
+    assert isinstance(caught.value.__cause__, ray.train.ControllerError)
 
 
 # ---------------------------------------------------------------------------- fault tolerance

@@ -1,5 +1,7 @@
 """The training loop without Ray: the same function the Ray workers run, in this process."""
 
+import time
+
 import pytest
 import torch
 
@@ -66,6 +68,7 @@ def test_resumed_run_continues_the_same_offline_wandb_run(data_root, tmp_path, m
     out_dir = tmp_path / "out"
     _run(data_root, out_dir, max_iters=10, wandb_log=True, wandb_project="nanogpt-test")
     first_id = torch.load(out_dir / CKPT_NAME, weights_only=True)["resume"]["wandb_run_id"]
+    time.sleep(1.1)  # wandb names offline run folders by the second: two runs in one second share a folder
     _run(data_root, out_dir, max_iters=20, wandb_log=True, wandb_project="nanogpt-test", init_from="resume")
     ckpt = torch.load(out_dir / CKPT_NAME, weights_only=True)
     assert ckpt["iter_num"] == 20 and ckpt["resume"]["wandb_run_id"] == first_id
@@ -94,3 +97,46 @@ def test_a_gpt2_bpe_dataset_trains_with_nanogpts_padded_vocabulary(tmp_path):
     assert ckpt["model_args"]["vocab_size"] == 50304 and ckpt["model"]["lm_head.weight"].shape[0] == 50304
     assert model_vocab_size({"tokenizer": "char", "vocab_size": 65, "chars": ["a"]}) == 65  # char vocab as is
     assert model_vocab_size({"tokenizer": "cl100k_base", "vocab_size": 100277}) == 100288
+
+
+# ---------------------------------------------------------------------------- non-finite losses
+
+@pytest.mark.timeout(120)
+def test_a_bad_batch_is_skipped_after_the_rollback_instead_of_replayed(data_root, tmp_path, monkeypatch):
+    from nanogpt_ray.train_loop import INJECT_NAN_ENV, NonFiniteLossError
+
+    # the loss is NaN every time the batch first drawn at iteration 7 is seen: a bad batch, not bad luck
+    monkeypatch.setenv(INJECT_NAN_ENV, "7:batch")
+    runtime = _run(data_root, tmp_path / "skip", max_iters=12, eval_interval=5, log_interval=1, max_nan_rollbacks=2)
+    last = runtime.history[-1]
+    assert last["iter"] == 12 and last["nan_rollbacks"] == 1  # one rollback, then past the batch for good
+    assert torch.load(tmp_path / "skip" / CKPT_NAME, weights_only=True)["resume"]["skip_iters"] == [7]
+    # replaying the same batches meets the same NaN until the rollbacks run out
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at iteration 7; rolled back 2 times"):
+        _run(data_root, tmp_path / "replay", max_iters=12, eval_interval=5, log_interval=1, max_nan_rollbacks=2,
+             nan_skip_batches=False)
+
+
+@pytest.mark.timeout(120)
+def test_nan_lr_scale_lowers_the_learning_rate_after_each_rollback(data_root, tmp_path, monkeypatch):
+    from nanogpt_ray.train_loop import INJECT_NAN_ENV
+
+    monkeypatch.setenv(INJECT_NAN_ENV, "7")
+    cfg = dict(max_iters=12, eval_interval=5, log_interval=1, nan_lr_scale=0.5, decay_lr=False, learning_rate=1e-3)
+    runtime = _run(data_root, tmp_path / "out", **cfg)
+    lrs = {h["iter"]: h["lr"] for h in runtime.history if "lr" in h}
+    assert lrs[4] == pytest.approx(1e-3) and lrs[11] == pytest.approx(5e-4)
+    assert runtime.history[-1]["nan_rollbacks"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_the_non_finite_check_waits_for_the_log_line_but_never_saves_a_bad_step(data_root, tmp_path, monkeypatch):
+    from nanogpt_ray.train_loop import INJECT_NAN_ENV
+
+    # NaN at iteration 6, read at the next sync point (the eval at 10, log_interval 10): the run still rolls back
+    # to the checkpoint of iteration 5 and ends with finite weights
+    monkeypatch.setenv(INJECT_NAN_ENV, "6")
+    runtime = _run(data_root, tmp_path / "out", max_iters=15, eval_interval=5, log_interval=10)
+    assert runtime.history[-1]["nan_rollbacks"] == 1
+    ckpt = torch.load(tmp_path / "out" / CKPT_NAME, weights_only=True)
+    assert ckpt["iter_num"] == 15 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
