@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from nanogpt_ray.bench import write_synthetic_dataset  # noqa: E402
-from nanogpt_ray.config import PADDED_VOCAB_SIZE, TrainConfig, to_dict  # noqa: E402
+from nanogpt_ray.config import PADDED_VOCAB_SIZE, TrainConfig  # noqa: E402
 
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16)
 TINY = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=4)
