@@ -32,7 +32,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from
 from .config import GPT2_PRESETS, TrainConfig, UserError, from_dict, to_dict
 from .data import check_block_size, get_batch, load_split, skip_batch
 from .device import autocast_context, choose_device, default_peak_flops, enable_tf32, resolve_dtype
-from .files import atomic_copy
+from .files import move_into_place, remove_stale_partials, temp_name_beside
 from .hf import from_pretrained
 from .model import GPT, GPTConfig
 from .tokenizer import model_vocab_size, read_meta
@@ -292,18 +291,23 @@ def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> di
 
 
 def report_with_checkpoint(state: TrainState, cfg: TrainConfig, runtime: Runtime, metrics: dict) -> None:
-    """Every rank calls this; rank 0 writes the checkpoint, the runtime persists it, then out_dir gets a copy."""
+    """Every rank calls this; rank 0 writes the checkpoint once, the runtime persists it, then out_dir gets it.
+
+    The bytes are written once, into a temporary folder inside out_dir: the runtime persists that folder
+    (under Ray, to local storage by hard links, see cluster/train.py), and out_dir/ckpt.pt is the same file
+    renamed into place. At GPT-2 scale a copy per place would cost ~1.5 GB per save."""
     ckpt = checkpoint_dict(state, cfg, runtime)
-    tmp_dir = tempfile.mkdtemp(prefix="nanogpt-ckpt-") if runtime.rank == 0 else None
+    tmp_dir = temp_name_beside(os.path.join(cfg.out_dir, CKPT_NAME)) if runtime.rank == 0 else None
     try:
         if tmp_dir:
+            os.makedirs(tmp_dir)
             save_checkpoint(ckpt, os.path.join(tmp_dir, CKPT_NAME))
         runtime.report(metrics, checkpoint_dir=tmp_dir)
         if tmp_dir:
             runtime.wait_committed()  # out_dir/ckpt.pt appears only once the runtime has the same checkpoint
             # the latest good checkpoint also lands in out_dir, so `sample --init_from=resume` works as in
-            # nanoGPT (atomically: a kill never leaves half a file)
-            atomic_copy(os.path.join(tmp_dir, CKPT_NAME), os.path.join(cfg.out_dir, CKPT_NAME))
+            # nanoGPT; a rename, so a kill leaves the old checkpoint or the new one, never half of one
+            move_into_place(os.path.join(tmp_dir, CKPT_NAME), os.path.join(cfg.out_dir, CKPT_NAME))
     finally:
         if tmp_dir:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -399,6 +403,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                  f"{world_size} workers x {m} each)")
     if master_process:
         os.makedirs(cfg.out_dir, exist_ok=True)
+        for path in remove_stale_partials(cfg.out_dir):  # what a writer killed mid-save left behind
+            log(runtime, f"removed {path}, left by a writer that was killed mid-save")
 
     # ------------------------------------------------------------------ device, precision
     device = runtime.device(cfg.device)

@@ -9,6 +9,7 @@ sweeps and the scaling benchmark share it), and the driver that checks, launches
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -20,9 +21,10 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..checkpoint import CKPT_NAME
-from ..config import TrainConfig, UserError, to_dict
+from ..config import TrainConfig, UserError, from_dict, to_dict
 from ..device import choose_device
-from ..preflight import LaunchError, check_local, check_placement, run_dir, run_has_checkpoint
+from ..files import fsync_dir
+from ..preflight import LaunchError, check_local, check_placement, is_uri, run_dir, run_has_checkpoint
 from ..train_loop import Runtime, train
 from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars
 
@@ -34,10 +36,14 @@ QUIET_WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_WORKE
 # ----------------------------------------------------------------------------- inside each worker
 
 class RayRuntime(Runtime):
-    """The loop's runtime inside a Ray Train worker: reports and checkpoints go to Ray Train."""
+    """The loop's runtime inside a Ray Train worker: reports and checkpoints go to Ray Train.
 
-    def __init__(self):
+    local_run_dir: the run's folder in storage when storage is a local (or mounted) path; checkpoints then
+    reach it as hard links to the file the loop wrote, not as copies."""
+
+    def __init__(self, local_run_dir: str | None = None):
         super().__init__()
+        self.local_run_dir = local_run_dir
         context = ray.train.get_context()
         self.world_size = context.get_world_size()
         self.rank = context.get_world_rank()
@@ -65,7 +71,21 @@ class RayRuntime(Runtime):
 
     def send(self, metrics: dict, checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
+        upload = self.link_into_storage if checkpoint and self.local_run_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload)  # a barrier: every rank reports
+
+    def link_into_storage(self, checkpoint, checkpoint_dir_name: str):
+        """Ray's upload for local storage: hard links (no bytes copied); a copy across filesystems."""
+        destination = os.path.join(self.local_run_dir, checkpoint_dir_name)
+        os.makedirs(destination, exist_ok=True)
+        for name in os.listdir(checkpoint.path):
+            source, target = os.path.join(checkpoint.path, name), os.path.join(destination, name)
+            try:
+                os.link(source, target)
+            except OSError:  # another filesystem, or one without hard links
+                shutil.copy2(source, target)
+        fsync_dir(destination)
+        return ray.train.Checkpoint.from_directory(destination)
 
     def latest_checkpoint_dir(self, out_dir: str) -> str | None:
         # blocks until every report so far is committed, so all ranks see the same latest checkpoint
@@ -90,7 +110,8 @@ def materialize(checkpoint) -> str:
 def train_loop_per_worker(config: dict) -> None:
     """What TorchTrainer runs on every worker. Returns nothing: Ray pickles a return value back to the
     controller, so results travel through reports only."""
-    train(config, RayRuntime())
+    cfg = from_dict(TrainConfig, config)
+    train(config, RayRuntime(None if is_uri(run_dir(cfg)) else run_dir(cfg)))
 
 
 # ----------------------------------------------------------------------------- the driver

@@ -53,6 +53,9 @@ def test_two_worker_ddp_training_lowers_loss_and_checkpoint_loads_weights_only(t
     for key, value in ckpt["model"].items():  # out_dir/ckpt.pt is the run's latest Ray checkpoint
         assert torch.equal(value, ray_ckpt["model"][key])
     assert len(ckpt["resume"]["torch_rng"]) == 2  # every rank's RNG state
+    # written once: Ray's copy in local storage and out_dir/ckpt.pt are the same file (hard link + rename)
+    assert os.stat(out_dir / CKPT_NAME).st_ino == os.stat(os.path.join(result.checkpoint.path, CKPT_NAME)).st_ino
+    assert not [p for p in os.listdir(out_dir) if p.endswith(".partial")]  # no temporary left behind
 
 
 @pytest.mark.timeout(60)
