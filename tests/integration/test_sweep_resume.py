@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.sweep_data import TRAIN, write_dataset
 
@@ -89,24 +90,47 @@ def sweep_cli(args, log_path):
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def checkpoint_iters(sweep_dir: str, trials) -> dict[str, int]:
+    """trial id -> iteration of the checkpoint in its out_dir (what its Train run has committed), if any."""
+    out = {}
+    for trial in trials:
+        path = os.path.join(sweep_dir, "trials", trial, "out", "ckpt.pt")
+        try:
+            out[trial] = int(torch.load(path, weights_only=True)["iter_num"])
+        except Exception:  # not there yet, or being renamed into place right now
+            continue
+    return out
+
+
+def resumed_from(content: bytes) -> int:
+    """The iteration a trial's (last) Train run resumed from, from its result.json lines."""
+    rows = [json.loads(line) for line in content.splitlines() if line.strip()]
+    return max((int(r.get("resumed_from", 0)) for r in rows), default=0)
+
+
 @pytest.mark.timeout(900)
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_root, tmp_path):
+def test_interrupted_asha_sweep_resumes_unfinished_trials_from_their_checkpoints(data_root, tmp_path):
     storage = tmp_path / "sweeps"
     sweep_dir = str(storage / "killed")
-    overrides = dict(TRAIN, data_root=data_root, max_iters=40, lr_decay_iters=40)
+    overrides = dict(TRAIN, data_root=data_root, max_iters=100, lr_decay_iters=100)
     args = [f"--train_overrides={overrides!r}", "--learning_rates=[1e-3, 2e-3, 3e-3, 4e-3]", "--model_sizes=tiny",
-            "--scheduler=none", "--cpus_per_worker=0.99", f"--storage_path={storage}", "--sweep_name=killed"]
+            "--scheduler=asha", "--grace_period=50", "--reduction_factor=2", "--cpus_per_worker=0.99",
+            f"--storage_path={storage}", "--sweep_name=killed"]
     log_path = tmp_path / "sweep.log"
     driver = sweep_cli(args, log_path)
     try:
         deadline = time.time() + 400
+        midway = {}
         while time.time() < deadline and driver.poll() is None:
-            finished = [t for t, s in trial_statuses(sweep_dir).items() if s == "TERMINATED"]
-            if finished:
+            statuses = trial_statuses(sweep_dir)
+            finished = [t for t, s in statuses.items() if s == "TERMINATED"]
+            running = [t for t, s in statuses.items() if s == "RUNNING"]
+            midway = {t: it for t, it in checkpoint_iters(sweep_dir, running).items() if it >= 20}
+            if finished and midway:  # kill once a trial is done and another is part-way with a checkpoint
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert driver.poll() is None, "the sweep ended before it could be interrupted:\n" + log_path.read_text()[-3000:]
-        assert finished, "no trial finished in time:\n" + log_path.read_text()[-3000:]
+        assert finished and midway, f"no finished + part-way pair in time {statuses}:\n" + log_path.read_text()[-3000:]
     finally:
         kill_session(driver.pid)  # the driver and the local Ray it started (start_new_session: sid == its pid)
         driver.wait()
@@ -121,10 +145,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_root, 
     after = result_files(sweep_dir)
     for trial in finished:
         assert after[trial] == before[trial], f"finished trial {trial} ran again"
+    for trial, iteration in midway.items():
+        # it continued from its own checkpoint (that one or a later one), not from iteration 0
+        assert resumed_from(after[trial]) >= iteration, (trial, iteration, after[trial][-2000:])
     with open(os.path.join(sweep_dir, "results.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
     summary = [(r["trial"], r["status"], r["iters_run"], r["error"]) for r in rows]
-    assert all(int(r["iters_run"]) == 40 and r["status"] == "done" for r in rows), \
+    assert all(r["status"] == "done" and 50 <= int(r["iters_run"]) <= 100 for r in rows), \
         f"{summary}\n{log_path.read_text()[-6000:]}"
+    assert any(int(r["iters_run"]) == 100 for r in rows)  # ASHA let the best ones finish
     assert "resuming sweep" in log_path.read_text()

@@ -68,23 +68,28 @@ def test_wandb_offline_files_hold_logged_metrics(two_worker_run):
     summary = (runs[0] / "files" / "wandb-summary.json")
     data = (runs[0] / f"run-{run_id}.wandb").read_bytes()
     assert b"val/loss" in data and b"train/step_loss" in data and b"tokens_per_s" in data
-    if summary.exists():
-        assert "val/loss" in summary.read_text()
+    assert "val/loss" in summary.read_text()  # the run was finished (summary written), not left open
 
 
-@pytest.mark.timeout(120)
-def test_two_workers_match_one_worker_with_accumulation(ray_start_2_cpus, data_root, tmp_path):
-    # global accumulation 2: split 1 + 1 over two Ray workers, or 2 micro-steps on one worker (run bare)
-    common = dict(gradient_accumulation_steps=2, max_iters=1, eval_iters=1, warmup_iters=0)
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_two_workers_match_one_worker_with_accumulation(ray_start_2_cpus, data_root, tmp_path, grad_clip):
+    # global accumulation 2: split 1 + 1 over two Ray workers, or 2 micro-steps on one worker (run bare). Five
+    # steps, with and without clipping: a gradient-scale bug (a sum over ranks, a missing division by the
+    # micro-steps) hides behind AdamW's first step and uniform clipping, but not behind five steps unclipped
+    common = dict(gradient_accumulation_steps=2, max_iters=5, eval_interval=5, eval_iters=1, warmup_iters=0,
+                  grad_clip=grad_clip)
     train(_cfg(data_root, tmp_path / "two", num_workers=2, **common))
     run_bare(_cfg(data_root, tmp_path / "one", num_workers=1, **common))
     two, one = _weights(tmp_path / "two"), _weights(tmp_path / "one")
-    assert two["iter_num"] == one["iter_num"] == 1
+    assert two["iter_num"] == one["iter_num"] == 5
     init = _weights_at_init(data_root, tmp_path)
     moved = max((one["model"][k] - init[k]).abs().max().item() for k in init)
-    assert moved > 1e-4  # the step really changed the weights
+    assert moved > 1e-3  # the steps really changed the weights
     for key, value in one["model"].items():
         assert (value - two["model"][key]).abs().max().item() <= 1e-6, key
+    for pid, state in one["optimizer"]["state"].items():  # the same gradients went into AdamW's moments
+        assert (state["exp_avg_sq"] - two["optimizer"]["state"][pid]["exp_avg_sq"]).abs().max().item() <= 1e-9
 
 
 def _weights_at_init(data_root, tmp_path):
@@ -164,12 +169,16 @@ def test_a_corrupt_checkpoint_found_by_the_workers_is_not_retried(ray_start_2_cp
 
 # ---------------------------------------------------------------------------- fault tolerance
 
-@pytest.mark.timeout(240)
-def test_run_completes_after_a_worker_is_killed(ray_start_2_cpus, data_root, tmp_path):
+@pytest.mark.timeout(300)
+def test_a_run_whose_worker_is_killed_ends_bit_identical_to_an_uninterrupted_one(ray_start_2_cpus, data_root, tmp_path):
     from ray.util.state import list_actors
 
+    # dropout > 0: the restart must restore every rank's dropout RNG too, or the weights drift apart
+    common = dict(num_workers=2, max_iters=300, eval_interval=20, log_interval=20, dropout=0.1, max_failures=2)
+    uninterrupted = train(_cfg(data_root, tmp_path / "full", **common))
+    assert uninterrupted.metrics["resumed_from"] == 0
     out_dir = tmp_path / "out"
-    cfg = _cfg(data_root, out_dir, num_workers=2, max_iters=300, eval_interval=20, log_interval=20, max_failures=2)
+    cfg = _cfg(data_root, out_dir, **common)
     outcome = {}
 
     def run():
@@ -190,12 +199,12 @@ def test_run_completes_after_a_worker_is_killed(ray_start_2_cpus, data_root, tmp
                           detail=True)
     assert len(workers) == 2
     os.kill(workers[-1].pid, signal.SIGKILL)
-    thread.join(timeout=200)
+    thread.join(timeout=240)
     assert not thread.is_alive() and "error" not in outcome, outcome
     result = outcome["result"]
     assert result.metrics["iter"] == 300
     assert result.metrics["resumed_from"] >= 20  # the new worker group started from a checkpoint
-    assert _weights(out_dir)["iter_num"] == 300
+    _assert_same_state(_weights(out_dir), _weights(tmp_path / "full"))
 
 
 # ---------------------------------------------------------------------------- bad input: one line, exit 2
