@@ -118,8 +118,11 @@ def measure_matmul_flops(device="cpu", dtype=torch.float32, size=1024, repeats=1
     """Measured matmul throughput of a device, the best achievable peak where no data sheet applies (CPUs)."""
     key = (str(device), dtype, size)
     if key not in _MEASURED_PEAKS:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
+        # its own generator: measuring must not move the global RNG, which drives dropout (an MFU figure taken
+        # mid-run would otherwise make a resumed run's dropout masks differ from the uninterrupted run's)
+        g = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+        b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
         a @ b  # warm up the kernels and thread pool
         best = float("inf")
         for _ in range(repeats):

@@ -1,5 +1,7 @@
 """The training loop without Ray: the same function the Ray workers run, in this process."""
 
+import os
+import pathlib
 import time
 
 import pytest
@@ -9,6 +11,8 @@ from nanogpt_ray.checkpoint import CKPT_NAME
 from nanogpt_ray.config import TrainConfig, from_dict
 from nanogpt_ray.train_loop import get_lr, run_bare
 from tests.train_data import make_dataset, tiny_config
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +40,12 @@ def test_bare_loop_lowers_loss_and_writes_a_weights_only_checkpoint(data_root, t
 
 
 @pytest.mark.timeout(120)
-def test_bare_resume_continues_exactly(data_root, tmp_path):
-    _run(data_root, tmp_path / "full", max_iters=20)
-    _run(data_root, tmp_path / "half", max_iters=10)
-    _run(data_root, tmp_path / "half", max_iters=20, init_from="resume")
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_bare_resume_continues_exactly(data_root, tmp_path, dropout):
+    # dropout > 0: the dropout RNG must be restored, and nothing else (an MFU measurement) may draw from it
+    _run(data_root, tmp_path / "full", max_iters=20, dropout=dropout)
+    _run(data_root, tmp_path / "half", max_iters=10, dropout=dropout)
+    _run(data_root, tmp_path / "half", max_iters=20, init_from="resume", dropout=dropout)
     full = torch.load(tmp_path / "full" / CKPT_NAME, weights_only=True)
     resumed = torch.load(tmp_path / "half" / CKPT_NAME, weights_only=True)
     assert resumed["iter_num"] == 20
@@ -63,13 +69,25 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
 
 
 @pytest.mark.timeout(180)
-def test_resumed_run_continues_the_same_offline_wandb_run(data_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def test_resumed_run_continues_the_same_offline_wandb_run(data_root, tmp_path):
+    # two processes, as a person resuming a run has (wandb keeps per-process state)
+    import subprocess
+    import sys
+
     out_dir = tmp_path / "out"
-    _run(data_root, out_dir, max_iters=10, wandb_log=True, wandb_project="nanogpt-test")
+
+    def run_process(**overrides):
+        flags = [f"--{k}={v}" for k, v in tiny_config(data_root, out_dir, wandb_log=True, wandb_project="nanogpt-test",
+                                                      **overrides).items()]
+        env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(REPO_ROOT))
+        done = subprocess.run([sys.executable, "-m", "nanogpt_ray.train_loop", *flags], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    run_process(max_iters=10)
     first_id = torch.load(out_dir / CKPT_NAME, weights_only=True)["resume"]["wandb_run_id"]
     time.sleep(1.1)  # wandb names offline run folders by the second: two runs in one second share a folder
-    _run(data_root, out_dir, max_iters=20, wandb_log=True, wandb_project="nanogpt-test", init_from="resume")
+    run_process(max_iters=20, init_from="resume")
     ckpt = torch.load(out_dir / CKPT_NAME, weights_only=True)
     assert ckpt["iter_num"] == 20 and ckpt["resume"]["wandb_run_id"] == first_id
     runs = sorted((out_dir / "wandb").glob(f"offline-run-*-{first_id}"))
