@@ -6,16 +6,22 @@ from contextlib import nullcontext
 
 import torch
 
+from .config import UserError
+
 PTDTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class DeviceError(UserError):
+    """A device this machine does not have; one line that says what to use instead."""
 
 
 def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this machine has no CUDA GPU; use device='cpu' or 'auto'")
+        raise DeviceError(f"device={device!r} but this machine has no CUDA GPU; use device='cpu' or 'auto'")
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError("device='mps' but MPS is not available here; use device='cpu' or 'auto'")
+        raise DeviceError("device='mps' but MPS is not available here; use device='cpu' or 'auto'")
     return device
 
 
