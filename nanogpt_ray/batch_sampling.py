@@ -318,41 +318,72 @@ def _check_format(path: str, formats, what: str) -> str:
     return ext
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text) of a UTF-8 file; a line that is not UTF-8 fails naming the file, the line and
+    the byte, where reading in text mode would fail with a bare UnicodeDecodeError somewhere in a buffer."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BatchSampleError(f"{path}:{number} is not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at "
+                                       f"column {e.start + 1}); save the prompts as UTF-8") from None
+            # binary mode keeps Windows line ends; text mode (what a reader expects) turns them into \n
+            yield number, (text[:-2] + "\n" if text.endswith("\r\n") else text)
+
+
 def read_prompts(path: str) -> Iterator[dict]:
     """Records {'id', 'prompt', settings...} of a prompt file. .txt: one prompt a line, id = line number
     (from 1). .jsonl: one object a line with 'prompt' and optional 'id' (default: line number) and settings.
     .parquet: a 'prompt' column, optional 'id' (default: row number from 1) and setting columns."""
     ext = _check_format(path, PROMPT_FORMATS, "prompts file")
+    if os.path.isdir(path):
+        raise BatchSampleError(f"prompts file {path!r} is a directory; pass one .txt, .jsonl or .parquet file")
     if not os.path.isfile(path):
         raise BatchSampleError(f"prompts file {path!r} does not exist")
     if ext == ".txt":
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                yield {"id": number, "prompt": line[:-1] if line.endswith("\n") else line}
+        for number, line in _utf8_lines(path):
+            yield {"id": number, "prompt": line[:-1] if line.endswith("\n") else line}
     elif ext == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BatchSampleError(f"{path}:{number} is not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise BatchSampleError(f"{path}:{number} must be a JSON object with a 'prompt'")
-                if "prompt" not in record:
-                    raise BatchSampleError(f"{path}:{number} has no 'prompt' key")
-                record.setdefault("id", number)
-                yield record
+        for number, line in _utf8_lines(path):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BatchSampleError(f"{path}:{number} is not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise BatchSampleError(f"{path}:{number} must be a JSON object with a 'prompt'")
+            if "prompt" not in record:
+                raise BatchSampleError(f"{path}:{number} has no 'prompt' key")
+            record.setdefault("id", number)
+            yield record
     else:
+        import pyarrow
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(path)
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pyarrow.ArrowException, OSError) as e:
+            raise BatchSampleError(f"{path} is not a readable parquet file ({type(e).__name__}: {_one_line(e)})") from None
         if "prompt" not in parquet.schema_arrow.names:
             raise BatchSampleError(f"{path} has no 'prompt' column (columns: {', '.join(parquet.schema_arrow.names)})")
         columns = [c for c in ("id", "prompt", *ROW_SETTINGS) if c in parquet.schema_arrow.names]
         number = 0
-        for batch in parquet.iter_batches(batch_size=4096, columns=columns):
+        batches = parquet.iter_batches(batch_size=4096, columns=columns)
+        while True:
+            try:  # a damaged row group fails only when it is read, after the footer looked fine
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pyarrow.ArrowException, OSError) as e:
+                raise BatchSampleError(f"{path} is a damaged parquet file after row {number} "
+                                       f"({type(e).__name__}: {_one_line(e)})") from None
             for record in batch.to_pylist():
                 number += 1
                 if record.get("id") is None:
@@ -455,6 +486,20 @@ def rows_to_table(rows: list[dict], schema=None):
     return pa.Table.from_pylist(clean, schema=schema)
 
 
+def check_output(output: str) -> str:
+    """The output's format, once its folder exists and the output itself is not a folder: checked before any
+    prompt is sampled, so no work is done for a result that could not be written."""
+    ext = _check_format(output, OUTPUT_FORMATS, "output")
+    if os.path.isdir(output):
+        raise BatchSampleError(f"output {output!r} is a directory; pass a file path ending in {', '.join(OUTPUT_FORMATS)}")
+    directory = os.path.dirname(os.path.abspath(output))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:  # a file where a folder should be, or no permission
+        raise BatchSampleError(f"cannot create the output's folder {directory!r} ({e.strerror or type(e).__name__})") from None
+    return ext
+
+
 class ResultWriter:
     """Streams result rows to an output as batches finish. .jsonl: appended and flushed per batch.
     .parquet: appended to <output>.partial.jsonl, and on close() merged with the rows already in the
@@ -463,10 +508,8 @@ class ResultWriter:
 
     def __init__(self, output: str, resume: bool = False):
         self.output = output
-        self.ext = _check_format(output, OUTPUT_FORMATS, "output")
+        self.ext = check_output(output)
         self.stream_path = output if self.ext == ".jsonl" else partial_path(output)
-        directory = os.path.dirname(os.path.abspath(output))
-        os.makedirs(directory, exist_ok=True)
         if resume:
             _read_jsonl_rows(self.stream_path, repair=True)  # drop a torn last line before appending
         else:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config import PADDED_VOCAB_SIZE, BenchConfig, TrainConfig, UserError, from_dict, to_dict
-from .data import check_block_size, get_batch, load_split
+from .data import check_block_size, check_token_ids, get_batch, load_split
 from .device import (
     autocast_context,
     default_peak_flops,
@@ -98,7 +98,9 @@ def bench_data(cfg: BenchConfig):
     data = load_split(dataset_dir, "train")  # DataError naming `nanogpt-ray prepare <dataset>` when missing
     check_block_size(data, cfg.block_size, os.path.join(dataset_dir, "train.bin"))
     meta = read_meta(dataset_dir)
-    return data, (meta or {}).get("vocab_size") or PADDED_VOCAB_SIZE
+    vocab_size = (meta or {}).get("vocab_size") or PADDED_VOCAB_SIZE
+    check_token_ids(data, vocab_size, os.path.join(dataset_dir, "train.bin"))
+    return data, vocab_size
 
 
 def format_flops(flops: float) -> str:

@@ -22,6 +22,7 @@ from .config import (
     UserError,
     field_doc,
     load_config,
+    missing_extra,
     split_args,
 )
 
@@ -179,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[command](rest) or 0
     except (UserError, FileNotFoundError) as e:
         print(f"nanogpt-ray {command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        # an optional extra (transformers for export, matplotlib for plots) that is not installed: name the
+        # extra; any other missing module is a broken install and keeps its traceback
+        error = missing_extra(e, f"nanogpt-ray {command}")
+        if error is None:
+            raise
+        print(f"nanogpt-ray {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nanogpt-ray {command}: interrupted", file=sys.stderr)

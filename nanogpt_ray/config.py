@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import os
 import runpy
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,25 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A config value a person has to fix; the message is one line and names the key."""
+
+
+class MissingExtraError(UserError):
+    """An optional dependency that is not installed; the message names the extra that brings it."""
+
+
+OPTIONAL_EXTRAS = {"transformers": "hf", "huggingface_hub": "hf", "safetensors": "hf", "datasets": "hf",
+                   "wandb": "wandb", "matplotlib": "plots", "tensorboard": "plots", "pandas": "plots"}
+"""Top-level module -> the pyproject extra that installs it (what `pip install nanogpt-ray[extra]` brings)."""
+
+
+def missing_extra(error: ImportError, purpose: str) -> MissingExtraError | None:
+    """The one-line error for an optional module that failed to import, or None when the module is not one of
+    ours to name (then the ImportError is a real bug and keeps its traceback)."""
+    module = (getattr(error, "name", None) or "").split(".")[0]
+    if module not in OPTIONAL_EXTRAS:
+        return None
+    return MissingExtraError(f"{purpose} needs {module!r}, which is not installed; "
+                             f"pip install 'nanogpt-ray[{OPTIONAL_EXTRAS[module]}]'")
 
 
 def _is_device(device: str) -> bool:
@@ -443,11 +463,16 @@ def _parse_flag_value(cls, key: str, text: str):
 
 
 def _values_from_file(cls, path: str, current: dict) -> dict:
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path!r} is a directory; pass a .py file of `key = value` lines")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     # runpy runs the file as the user's own script, as nanoGPT's configurator does with exec;
     # seeding it with the current values lets a file say `batch_size = batch_size * 2`.
-    namespace = runpy.run_path(path, init_globals=dict(current))
+    try:
+        namespace = runpy.run_path(path, init_globals=dict(current))
+    except Exception as e:  # the user's script: any error is theirs, so say where it is, not our stack
+        raise ConfigError(f"config file {path!r}{_error_line(e, path)}: {type(e).__name__}: {_first_line(e)}") from None
     values = {}
     fields = config_fields(cls)
     for name, value in namespace.items():
@@ -459,6 +484,21 @@ def _values_from_file(cls, path: str, current: dict) -> dict:
             continue
         values[name] = value
     return values
+
+
+def _first_line(error: BaseException) -> str:
+    text = error.msg if isinstance(error, SyntaxError) else str(error)
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "(no message)"
+
+
+def _error_line(error: BaseException, path: str) -> str:
+    """', line N' of the config file where error happened (the deepest frame in that file), or ''."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f", line {error.lineno}"
+    target = os.path.realpath(path)
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.realpath(frame.filename) == target]
+    return f", line {lines[-1]}" if lines else ""
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -47,18 +47,31 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
 
 def read_safetensors(path):
     """Read a .safetensors file with torch alone: an 8-byte header length, a JSON header, raw tensor bytes."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        data = bytearray(f.read())
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+            data = bytearray(f.read())
+    except (ValueError, MemoryError, OverflowError) as e:  # a bad header length or header: not safetensors
+        raise PretrainedError(f"{path} is not a safetensors file ({type(e).__name__}); save the model again "
+                              "with save_pretrained") from None
+    if not isinstance(header, dict):
+        raise PretrainedError(f"{path} is not a safetensors file (its header is not a JSON object)")
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise PretrainedError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}; "
+                                  f"readable dtypes are {', '.join(_SAFETENSORS_DTYPES)}")
         start, end = info["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        flat = torch.frombuffer(data[start:end], dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
-        tensors[name] = flat.reshape(info["shape"]).clone()
+        try:
+            flat = torch.frombuffer(data[start:end], dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
+            tensors[name] = flat.reshape(info["shape"]).clone()
+        except (ValueError, RuntimeError) as e:  # offsets past the end of a truncated file, or a wrong shape
+            raise PretrainedError(f"{path}: tensor {name!r} cannot be read ({type(e).__name__}); "
+                                  "the file is truncated or damaged") from None
     return tensors
 
 
@@ -68,18 +81,50 @@ def read_hf_weights(directory):
         return read_safetensors(safetensors_path)
     bin_path = os.path.join(directory, "pytorch_model.bin")
     if os.path.exists(bin_path):
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
+        try:
+            return torch.load(bin_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load fails in many ways on a damaged or foreign file
+            raise PretrainedError(f"{bin_path} does not load with weights_only=True ({type(e).__name__})") from None
+    raise PretrainedError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
 
 
 def download_gpt2(name):
     """Fetch an OpenAI GPT-2 checkpoint from the Hugging Face hub (needs network and huggingface_hub)."""
     try:
         from huggingface_hub import snapshot_download  # the one non-torch import, only on this online path
-    except ImportError as e:
-        raise ImportError(f"loading {name!r} from the hub needs `pip install nanogpt-ray[hf]`, "
-                          "or pass a local directory saved by save_pretrained") from e
-    return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+    except ImportError:
+        raise PretrainedError(f"loading {name!r} from the hub needs huggingface_hub: pip install 'nanogpt-ray[hf]', "
+                              "or pass --init_from=<a local directory saved by save_pretrained>") from None
+    try:
+        return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+    except Exception as e:  # offline, no such repo, a proxy, a full disk: the hub raises many types
+        raise PretrainedError(f"cannot download {name!r} from the Hugging Face hub ({type(e).__name__}); check the "
+                              "network (HF_HUB_OFFLINE=1 allows only cached models), or pass --init_from=<a local "
+                              "directory saved by save_pretrained>") from None
+
+
+GPT2_CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+
+
+def read_gpt2_config(directory) -> dict:
+    """config.json of a GPT-2 directory; anything else (a llama, a config without GPT-2's keys) fails in one line."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise PretrainedError(f"{directory} has no config.json; pass a directory saved by GPT2LMHeadModel.save_pretrained")
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf_config = json.load(f)
+    except ValueError as e:
+        raise PretrainedError(f"{path} is not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(hf_config, dict):
+        raise PretrainedError(f"{path} holds a JSON {type(hf_config).__name__}, not an object")
+    model_type = hf_config.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise PretrainedError(f"{path} describes a {model_type!r} model; only GPT-2 (model_type 'gpt2') loads into our GPT")
+    missing = [k for k in GPT2_CONFIG_KEYS if not isinstance(hf_config.get(k), int)]
+    if missing:
+        raise PretrainedError(f"{path} lacks GPT-2's integer key(s) {', '.join(missing)}; is it a GPT-2 config?")
+    return hf_config
 
 
 def from_pretrained(name_or_path, dropout=0.0) -> GPT:
@@ -92,8 +137,7 @@ def from_pretrained(name_or_path, dropout=0.0) -> GPT:
     else:
         raise PretrainedError(f"unknown pretrained model {name_or_path!r}: use one of {', '.join(GPT2_SHAPES)} "
                          "or a directory saved by GPT2LMHeadModel.save_pretrained")
-    with open(os.path.join(directory, "config.json")) as f:
-        hf_config = json.load(f)
+    hf_config = read_gpt2_config(directory)
     config = GPTConfig(
         n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"],
         block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
@@ -103,7 +147,13 @@ def from_pretrained(name_or_path, dropout=0.0) -> GPT:
         gelu="exact" if hf_config.get("activation_function") == "gelu" else "tanh",
     )
     model = GPT(config)
-    model.load_state_dict(from_hf_state_dict(read_hf_weights(directory)))
+    weights = read_hf_weights(directory)
+    try:
+        model.load_state_dict(from_hf_state_dict(weights))
+    except (RuntimeError, KeyError) as e:  # missing keys, or shapes that contradict config.json
+        details = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        # torch's first line is only "Error(s) in loading state_dict for GPT:"; the next says which key
+        raise PretrainedError(f"the weights in {directory} do not fit its config.json: {details[min(1, len(details) - 1)][:300]}") from None
     return model
 
 

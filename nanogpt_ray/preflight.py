@@ -16,8 +16,10 @@ import tempfile
 import uuid
 
 from .checkpoint import CKPT_NAME
-from .config import TrainConfig, UserError
-from .data import DataError, check_block_size, load_split
+from .config import GPT2_PRESETS, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, TrainConfig, UserError
+from .data import DataError, check_block_size, check_token_ids, load_split
+from .hf import read_gpt2_config
+from .tokenizer import read_meta
 
 
 class LaunchError(UserError):
@@ -30,11 +32,27 @@ def is_uri(path: str) -> bool:
 
 # ----------------------------------------------------------------------------- checks that need no cluster
 
+def expected_vocab_size(cfg: TrainConfig, meta: dict | None) -> int | None:
+    """The vocab_size the run's model will have, where the driver can tell without loading weights:
+    scratch (meta's, else GPT-2's padded 50304) and GPT-2 (its config). None for resume: the worker checks."""
+    if cfg.init_from == "scratch":
+        return (meta or {}).get("vocab_size") or PADDED_VOCAB_SIZE
+    if cfg.init_from in GPT2_PRESETS:
+        return GPT2_VOCAB_SIZE
+    if os.path.isdir(cfg.init_from):
+        return read_gpt2_config(cfg.init_from)["vocab_size"]
+    return None
+
+
 def check_dataset(cfg: TrainConfig) -> None:
+    meta = read_meta(cfg.dataset_dir())  # a damaged meta.json fails here, not on every worker
+    vocab_size = expected_vocab_size(cfg, meta)
     try:
         for split in ("train", "val"):
             data = load_split(cfg.dataset_dir(), split)
             check_block_size(data, cfg.block_size, os.path.join(cfg.dataset_dir(), f"{split}.bin"))
+            if vocab_size is not None:
+                check_token_ids(data, vocab_size, os.path.join(cfg.dataset_dir(), f"{split}.bin"))
     except DataError as e:
         raise LaunchError(str(e)) from None
 
@@ -106,6 +124,9 @@ def worker_resources(cfg: TrainConfig, use_gpu: bool) -> dict:
 
 
 def resolve_use_gpu(cfg: TrainConfig, cluster_gpus: float) -> bool:
+    if cfg.device.startswith("cuda") and cluster_gpus == 0:
+        raise LaunchError(f"device={cfg.device!r} but the Ray cluster has no GPUs; pass --device=cpu (or 'auto'), "
+                          "or join a cluster with GPUs via --address/RAY_ADDRESS")
     if cfg.use_gpu is None:
         return cluster_gpus > 0 and cfg.device not in ("cpu", "mps")
     if cfg.use_gpu and cluster_gpus == 0:

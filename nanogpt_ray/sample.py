@@ -81,10 +81,16 @@ def read_start(start: str) -> str:
     if not start.startswith(FILE_PREFIX):
         return start
     path = os.path.expanduser(start[len(FILE_PREFIX):])
+    if os.path.isdir(path):
+        raise SampleError(f"prompt file {path!r} is a directory; start=FILE:path reads the prompt from one text file")
     if not os.path.isfile(path):
         raise SampleError(f"prompt file {path!r} does not exist (start=FILE:path reads the prompt from a file)")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise SampleError(f"prompt file {path!r} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at "
+                          f"offset {e.start}); save it as UTF-8") from None
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .config import PATH_KEYS, TrainConfig, UserError, field_doc
+from .config import PATH_KEYS, TrainConfig, UserError, field_doc, missing_extra
 from .files import atomic_open, atomic_write_text
 
 METRIC = "val_loss"
@@ -209,11 +209,13 @@ def best_per_size(rows: list[dict]) -> list[tuple[str, int, float]]:
 # ----------------------------------------------------------------------------- plots and TensorBoard
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise missing_extra(e, "plotting the sweep") or e from None
     return plt
 
 

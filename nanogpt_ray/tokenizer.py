@@ -120,7 +120,12 @@ class _StrIntOnlyUnpickler(pickle.Unpickler):
 
 def _read_meta_pkl(path: str) -> dict:
     with open(path, "rb") as f:
-        meta = _StrIntOnlyUnpickler(io.BytesIO(f.read())).load()
+        try:
+            meta = _StrIntOnlyUnpickler(io.BytesIO(f.read())).load()
+        except TokenizerError:
+            raise
+        except Exception as e:  # a truncated or foreign pickle fails in many ways (EOFError, UnpicklingError, ...)
+            raise TokenizerError(f"{path} is not a readable pickle ({type(e).__name__}); prepare the dataset again") from None
     if not isinstance(meta, dict):
         raise TokenizerError(f"{path} does not hold a dict")
     for key, value in meta.items():
@@ -142,8 +147,15 @@ def read_meta(dataset_dir: str) -> dict | None:
     """meta.json of a prepared dataset (ours), else nanoGPT's meta.pkl read safely, else None."""
     json_path = os.path.join(dataset_dir, "meta.json")
     if os.path.exists(json_path):
-        with open(json_path) as f:
-            return json.load(f)
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise TokenizerError(f"{json_path} is not valid JSON ({type(e).__name__}: {e}); "
+                                 "prepare the dataset again") from None
+        if not isinstance(meta, dict):
+            raise TokenizerError(f"{json_path} holds a JSON {type(meta).__name__}, not an object; prepare the dataset again")
+        return meta
     pkl_path = os.path.join(dataset_dir, "meta.pkl")
     if os.path.exists(pkl_path):
         return _read_meta_pkl(pkl_path)
@@ -157,15 +169,20 @@ def model_vocab_size(meta: dict | None) -> int:
     if not meta or not meta.get("vocab_size"):
         return PADDED_VOCAB_SIZE
     vocab = int(meta["vocab_size"])
-    if meta.get("tokenizer", "char" if "chars" in meta else "gpt2") == "char":
+    if meta.get("tokenizer", "char") == "char":  # no tokenizer named: the vocab as given, as nanoGPT reads meta.pkl
         return vocab
     return -(-vocab // 64) * 64
 
 
 def tokenizer_from_meta(meta: dict | None):
     """The tokenizer a dataset was prepared with; GPT-2 BPE when there is no meta (as nanoGPT assumes)."""
-    if meta and meta.get("tokenizer", "char" if "chars" in meta else "gpt2") == "char":
-        return CharTokenizer(meta["chars"])
+    kind = meta.get("tokenizer", "char" if "chars" in meta else "gpt2") if meta else "gpt2"
+    if kind == "char":
+        chars = meta.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise TokenizerError("the dataset's meta says tokenizer 'char' but has no 'chars' list of strings; "
+                                 "prepare the dataset again")
+        return CharTokenizer(chars)
     return GPT2Tokenizer()
 
 

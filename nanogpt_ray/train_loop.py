@@ -40,7 +40,7 @@ import torch
 
 from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import GPT2_PRESETS, TrainConfig, UserError, from_dict, to_dict
-from .data import check_block_size, get_batch, load_split, skip_batch
+from .data import check_block_size, check_token_ids, get_batch, load_split, skip_batch
 from .device import autocast_context, choose_device, default_peak_flops, enable_tf32, resolve_dtype
 from .files import move_into_place, remove_stale_partials, temp_name_beside
 from .hf import from_pretrained
@@ -373,6 +373,13 @@ def load_data(cfg: TrainConfig) -> dict:
     return splits
 
 
+def check_vocab(cfg: TrainConfig, splits: dict, vocab_size: int) -> None:
+    """Once the model exists: a token id past its vocabulary is one line here, not an IndexError mid-step
+    (a bare or torchrun run has no pre-flight to catch it)."""
+    for split, data in splits.items():
+        check_token_ids(data, vocab_size, os.path.join(cfg.dataset_dir(), f"{split}.bin"))
+
+
 def init_wandb(cfg: TrainConfig, state: TrainState, runtime: Runtime):
     if not (cfg.wandb_log and runtime.rank == 0):
         return None
@@ -433,6 +440,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     meta = read_meta(cfg.dataset_dir())
     model, model_args = build_model(cfg, ckpt, meta, runtime)
     model.to(device)
+    check_vocab(cfg, splits, model.config.vocab_size)
     state = TrainState(
         model=model,
         optimizer=model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type),

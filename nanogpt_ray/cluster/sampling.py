@@ -22,6 +22,7 @@ from ..batch_sampling import (
     BatchSampleError,
     ResultWriter,
     SampleRow,
+    check_output,
     done_keys,
     expand_rows,
     generate_batch,
@@ -216,6 +217,9 @@ def sample_file(cfg: SampleConfig, actors: list | None = None) -> dict:
     if not cfg.output:
         raise ClusterError("--prompts needs --output=FILE (.jsonl or .parquet) for the results")
     records = _checked(lambda: list(unique_ids(read_prompts(cfg.prompts))))
+    if not records:  # say so before Ray starts, instead of an empty output that looks like a success
+        raise ClusterError(f"prompts file {cfg.prompts!r} holds no prompts")
+    _checked(check_output, cfg.output)
     done = _checked(done_keys, cfg.output) if cfg.resume else set()
     rows = [r for r in expand_rows(records, cfg) if (id_key(r.id), r.sample) not in done]
     if done:
