@@ -214,6 +214,8 @@ class TrainConfig:
     """Multiply the learning rate by this after each rollback (e.g. 0.5 when the lr caused it); 1 keeps it."""
     address: str = ""
     """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
+    verbose: bool = False
+    """Print where the seconds go from the command to the first step (imports, Ray, workers, data, model, eval)."""
 
     def __post_init__(self) -> None:
         _check_choices(self)

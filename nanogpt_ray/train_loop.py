@@ -48,6 +48,22 @@ from .model import GPT, GPTConfig
 from .tokenizer import model_vocab_size, read_meta
 
 INJECT_NAN_ENV = "NANOGPT_RAY_INJECT_NAN_AT_ITER"
+STARTUP_T0_ENV = "NANOGPT_RAY_T0"  # when the command started (epoch seconds), for --verbose's startup breakdown
+
+
+def process_start_time() -> float:
+    """When this process started, in epoch seconds (Linux: /proc, to 10 ms; elsewhere: now), so that --verbose
+    counts the interpreter's start and the imports too."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time since boot
+        since_start = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - since_start
+    except (OSError, ValueError, AttributeError):
+        return time.time()
+
+
+PROCESS_T0 = process_start_time()
 
 
 class NonFiniteLossError(UserError):
@@ -365,6 +381,26 @@ def estimate_loss(model, cfg: TrainConfig, splits: dict, ctx, device: str, runti
     return out
 
 
+def setup_device(cfg: TrainConfig, runtime: Runtime):
+    """(device, device_type, dtype, autocast context, CPU threads) of this worker; logged once."""
+    device = runtime.device(cfg.device)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
+        enable_tf32()
+    dtype = resolve_dtype(cfg.dtype, device)
+    threads = runtime.cpu_threads(cfg.cpus_per_worker) if device_type == "cpu" else torch.get_num_threads()
+    log(runtime, f"{runtime.world_size} worker(s), {threads} CPU thread(s) each, device {device}, dtype {dtype}")
+    return device, device_type, dtype, autocast_context(device, dtype), threads
+
+
+def mark_startup(cfg: TrainConfig, runtime: Runtime, phase: str) -> None:
+    """--verbose: seconds since the command started (NANOGPT_RAY_T0, set by the launcher), phase by phase."""
+    if cfg.verbose and runtime.rank == 0:
+        t0 = float(os.environ.get(STARTUP_T0_ENV) or PROCESS_T0)
+        print(f"[startup {time.time() - t0:7.2f} s] {phase}", flush=True)
+
+
 def load_data(cfg: TrainConfig) -> dict:
     data_dir = cfg.dataset_dir()
     splits = {split: load_split(data_dir, split) for split in ("train", "val")}
@@ -414,19 +450,13 @@ def train(config: dict, runtime: Runtime) -> Runtime:
             log(runtime, f"removed {path}, left by a writer that was killed mid-save")
 
     # ------------------------------------------------------------------ device, precision
-    device = runtime.device(cfg.device)
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    if device_type == "cuda":
-        torch.cuda.set_device(device)
-        enable_tf32()
-    dtype = resolve_dtype(cfg.dtype, device)
-    ctx = autocast_context(device, dtype)
-    threads = runtime.cpu_threads(cfg.cpus_per_worker) if device_type == "cpu" else torch.get_num_threads()
-    log(runtime, f"{world_size} worker(s), {threads} CPU thread(s) each, device {device}, dtype {dtype}")
+    mark_startup(cfg, runtime, "worker started, process group up")
+    device, device_type, dtype, ctx, threads = setup_device(cfg, runtime)
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank, as nanoGPT's seed_offset
 
     # ------------------------------------------------------------------ data
     splits = load_data(cfg)
+    mark_startup(cfg, runtime, "data mapped")
     my_streams = range(rank * m, rank * m + m)  # the global micro-steps this worker runs
 
     # ------------------------------------------------------------------ model init
@@ -457,6 +487,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         if "optimizer" in ckpt:
             restore(state, ckpt, cfg, runtime)
     ckpt = None  # free memory
+    mark_startup(cfg, runtime, "model built")
 
     if cfg.compile:
         log(runtime, "compiling the model... (takes a ~minute)")
@@ -488,6 +519,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         if state.iter_num % cfg.eval_interval == 0 or at_end or cfg.eval_only:
             losses = estimate_loss(eval_model, cfg, splits, ctx, device, runtime)
             log(runtime, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if local_iter_num == 0:
+                mark_startup(cfg, runtime, f"eval at iteration {state.iter_num} done")
             improved = losses["val"] < state.best_val_loss
             state.best_val_loss = min(state.best_val_loss, losses["val"])
             # nothing new to save at iteration 0 or right after a resume (the checkpoint just loaded is this one)
@@ -557,6 +590,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                 mfu = state.model.estimate_mfu(cfg.batch_size * m, dt, default_peak_flops(device))  # cached
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             tokens_per_s = tokens_per_iter / dt
+            if local_iter_num == cfg.log_interval:
+                mark_startup(cfg, runtime, f"iteration {state.iter_num} logged (the first log line)")
             eta_s = (cfg.max_iters - state.iter_num) * dt
             log(runtime, f"iter {state.iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s, "
                          f"mfu {running_mfu * 100:.2f}%, lr {lr:.2e}, eta {eta_s / 60:.1f}min")

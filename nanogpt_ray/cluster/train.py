@@ -25,7 +25,7 @@ from ..config import TrainConfig, UserError, from_dict, to_dict
 from ..device import choose_device
 from ..files import fsync_dir
 from ..preflight import LaunchError, check_local, check_placement, is_uri, run_dir, run_has_checkpoint
-from ..train_loop import Runtime, train
+from ..train_loop import PROCESS_T0, STARTUP_T0_ENV, Runtime, mark_startup, train
 from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars
 
 # Ray Train V2 routes workers' print() through its logger (each of our log lines then reached the console
@@ -178,10 +178,13 @@ def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None
 
 def launch(cfg: TrainConfig):
     """Check, launch, wait; returns the ray.train.Result (metrics of the last report, latest checkpoint)."""
+    os.environ.setdefault(STARTUP_T0_ENV, str(PROCESS_T0))  # the workers' --verbose clock starts with the command
+    mark_startup(cfg, Runtime(), "driver imported")
     check_local(cfg)
     # the Train controller reads this from the driver's environment (and passes it on to the workers)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
     with ray_session(cfg.address):
+        mark_startup(cfg, Runtime(), "Ray up (checks done)")
         cfg, use_gpu = check_cluster(cfg)
         print(f"tokens per iteration: {cfg.tokens_per_iter():,} on {cfg.num_workers} worker(s) "
               f"({'GPU' if use_gpu else f'CPU, {cfg.cpus_per_worker:g} each'}); run {cfg.resolved_run_name()!r} "
