@@ -164,12 +164,16 @@ class Sequence:
         return (self.temperature, self.top_k, self.top_p)
 
 
+PREFILL_GROUP = 4  # newcomers prefilled in one forward
+
+
 class ContinuousBatcher:
     """A decode loop that admits new rows between steps (continuous batching) over one shared KV cache.
 
-    Rows are right-aligned in the cache: a row that joins is prefilled alone (its time to first token does not
-    wait for anyone) and its keys are copied in with left padding, the same padding `generate` uses for ragged
-    prompts, so positions and masks come from `padding_positions_and_mask`. Finished rows leave at once and
+    Rows are right-aligned in the cache: the rows that arrived since the last step are prefilled in small groups
+    before that step (their first token waits for no running row), and their keys are copied in with left
+    padding, the same padding `generate` uses for ragged prompts, so positions and masks come from
+    `padding_positions_and_mask`. Finished rows leave at once and
     free their slot; when the cache fills up, the columns every row pads are dropped. A row never needs more
     than block_size positions: `submit` keeps the last block_size - max_new_tokens prompt tokens.
 
@@ -226,18 +230,22 @@ class ContinuousBatcher:
     @torch.no_grad()
     def step(self) -> None:
         """Admit waiting rows (prefill + first token), then decode one token for every row."""
-        admitting = None
+        admitting = []
         try:
             with self.ctx:
+                # newcomers prefill a few at a time: one forward per group saves per-call overhead, and small
+                # groups hand out first tokens sooner than one big forward over a burst of arrivals
                 while len(self.rows) < self.max_batch_size and not self.pending.empty():
-                    admitting = self.pending.get()
+                    while (len(admitting) < PREFILL_GROUP and len(self.rows) + len(admitting) < self.max_batch_size
+                           and not self.pending.empty()):
+                        admitting.append(self.pending.get())
                     self._admit(admitting)
-                    admitting = None
+                    admitting = []
                 if self.rows:
                     self._decode()
         except Exception:
             # a failed step must not kill the loop (and with it the replica): fail the rows it held
-            for seq in self.rows + ([admitting] if admitting is not None else []):
+            for seq in self.rows + admitting:
                 _finish(seq, "error")
             self._reset()
             raise
@@ -272,14 +280,22 @@ class ContinuousBatcher:
             return False
         return True
 
-    def _admit(self, seq):
-        x = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)
-        row_cache = KVCache.for_model(self.model, 1, self.device)
-        logits, _ = self.model(x, kv_cache=row_cache)
-        token = int(self._sample(logits[:, -1, :], [seq])[0])
-        if not self._emit(seq, token):
-            return
-        B, new_length = len(self.rows), row_cache.length
+    def _admit(self, seqs):
+        """Prefill every newcomer in one left-padded forward, hand out its first token, copy its cache in."""
+        T = max(len(seq.prompt) for seq in seqs)
+        x = torch.tensor([[0] * (T - len(seq.prompt)) + seq.prompt for seq in seqs], dtype=torch.long, device=self.device)
+        prompt_pad = torch.tensor([T - len(seq.prompt) for seq in seqs], dtype=torch.long, device=self.device)
+        fresh = KVCache.for_model(self.model, len(seqs), self.device)
+        positions, mask = padding_positions_and_mask(prompt_pad, T, T)
+        logits, _ = self.model(x, kv_cache=fresh, positions=positions, attn_mask=mask)
+        tokens = self._sample(logits[:, -1, :], seqs).tolist()
+        for r, (seq, token) in enumerate(zip(seqs, tokens)):
+            if self._emit(seq, token):
+                self._join(seq, token, fresh, r, T)
+
+    def _join(self, seq, token, fresh, r, T):
+        """Copy row r of a prefill cache (its prompt ends at T) into the batch, right-aligned."""
+        B, new_length = len(self.rows), len(seq.prompt)
         if self.store is None or B == self.store[0][0].size(0):
             self._grow(B)
         length = self.length if B else new_length
@@ -287,9 +303,9 @@ class ContinuousBatcher:
             self._shift(new_length - length)
             length = new_length
         offset = length - new_length
-        for store, new in zip(self.store, (row_cache.keys, row_cache.values)):
+        for store, new in zip(self.store, (fresh.keys, fresh.values)):
             for layer in range(len(store)):
-                store[layer][B, :, offset:length] = new[layer][0, :, :new_length]
+                store[layer][B, :, offset:length] = new[layer][r, :, T - new_length:T]
         self.length = length
         self.pad.append(offset)
         self.last.append(token)

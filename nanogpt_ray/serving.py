@@ -21,6 +21,7 @@ from .tokenizer import decode_tokens, unknown_chars_message
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_N = 16
+MAX_CHOICES = 128  # prompts x n in one request: one request cannot take every batch slot for long
 MAX_STOP = 4  # OpenAI allows up to 4 stop sequences
 
 
@@ -93,7 +94,7 @@ def parse_completion_request(body, model_name: str, tokenizer, block_size: int) 
     if model != model_name:
         raise RequestError(f"the model {model!r} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
-    prompt = body.get("prompt", "<|endoftext|>")
+    prompt = body.get("prompt", "")  # empty: <|endoftext|> where the tokenizer has it (OpenAI's default)
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise RequestError("prompt must be a string or a non-empty list of strings (token-id prompts are not supported)",
@@ -107,6 +108,9 @@ def parse_completion_request(body, model_name: str, tokenizer, block_size: int) 
     top_k = _number(body, "top_k", None, int, low=1)
     n = _number(body, "n", 1, int, low=1, high=MAX_N)
     seed = _number(body, "seed", None, int)
+    if len(prompts) * n > MAX_CHOICES:
+        raise RequestError(f"{len(prompts)} prompts x n={n} is more than {MAX_CHOICES} completions in one request; "
+                           "split it", param="n")
     stop = body.get("stop")
     stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):

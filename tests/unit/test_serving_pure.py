@@ -153,6 +153,8 @@ def test_a_prompt_longer_than_the_room_left_keeps_its_tail():
     (dict(prompt=[1, 2]), "prompt"),
     (dict(stop=["a", ""]), "stop"),
     (dict(stream="yes"), "stream"),
+    (dict(prompt=["ab"] * 9, n=16), "n"),  # 144 completions in one request
+    (dict(prompt=""), "prompt"),  # a char vocabulary has no <|endoftext|> to start from
 ])
 def test_bad_requests_raise_a_request_error_naming_the_field(body, param):
     with pytest.raises(RequestError) as e:
