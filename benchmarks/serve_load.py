@@ -110,7 +110,8 @@ def main():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        ray.init(num_cpus=max(2, int(args.replica_cpus)), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(2, int(args.replica_cpus)), include_dashboard=False,
+                 log_to_driver=False)  # "local": a new cluster even when `ray start` runs one here
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             cfg = ServeConfig(out_dir=out_dir, data_root=os.path.join(root, "data"), model_name="bench", port=port,

@@ -15,8 +15,8 @@ Past block_size there are two ways to keep going:
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
 import threading
 import traceback
 
@@ -164,6 +164,10 @@ class Sequence:
         return (self.temperature, self.top_k, self.top_p)
 
 
+class BatcherClosed(RuntimeError):
+    """submit() on a batcher that was drained and has stopped."""
+
+
 PREFILL_GROUP = 4  # newcomers prefilled in one forward
 
 
@@ -184,26 +188,34 @@ class ContinuousBatcher:
         self.model, self.device, self.max_batch_size = model, device, int(max_batch_size)
         self.ctx = ctx if ctx is not None else contextlib.nullcontext()
         self.block_size = model.config.block_size
-        self.pending = queue.SimpleQueue()
+        self.pending: collections.deque[Sequence] = collections.deque()  # submitted, not yet admitted
+        self.wakeup = threading.Condition()  # guards pending/draining/closed against submit racing a drain
+        self.draining = self.closed = False
         self.rows: list[Sequence] = []
         self.store = None  # (keys, values): per layer (capacity, nh, block_size, hs); rows 0..B-1 are live
         self.length = 0  # positions filled, shared by every row (rows are right-aligned)
         self.pad: list[int] = []  # leading positions each row does not use
         self.last: list[int] = []  # each row's newest token, not yet in the cache
-        self.draining = threading.Event()
 
     # -- called from any thread
 
-    def submit(self, seq: Sequence) -> None:
-        if seq.max_new_tokens < 1 or seq.max_new_tokens >= self.block_size:
-            raise ValueError(f"max_new_tokens={seq.max_new_tokens} must be in 1..{self.block_size - 1}")
-        if not seq.prompt:
-            raise ValueError("empty prompt")
-        seq.prompt = seq.prompt[-(self.block_size - seq.max_new_tokens):]
-        self.pending.put(seq)
+    def submit(self, *seqs: Sequence) -> None:
+        """Queue rows for the decode thread, all or none (a request's choices stay on one model); raises
+        BatcherClosed once a drained batcher has stopped, so the caller can go to the newer one."""
+        for seq in seqs:
+            if seq.max_new_tokens < 1 or seq.max_new_tokens >= self.block_size:
+                raise ValueError(f"max_new_tokens={seq.max_new_tokens} must be in 1..{self.block_size - 1}")
+            if not seq.prompt:
+                raise ValueError("empty prompt")
+            seq.prompt = seq.prompt[-(self.block_size - seq.max_new_tokens):]
+        with self.wakeup:
+            if self.closed:
+                raise BatcherClosed("this batcher was drained and has stopped")
+            self.pending.extend(seqs)
+            self.wakeup.notify()
 
     def busy(self) -> bool:
-        return bool(self.rows) or not self.pending.empty()
+        return bool(self.rows) or bool(self.pending)
 
     # -- the decode thread
 
@@ -211,13 +223,13 @@ class ContinuousBatcher:
         """Decode until `stop` is set, or until drain() was called and every row has finished."""
         while not stop.is_set():
             if not self.rows:
-                if self.draining.is_set() and self.pending.empty():
-                    return
-                try:
-                    seq = self.pending.get(timeout=0.05)  # idle: sleep until a request arrives
-                except queue.Empty:
-                    continue
-                self.pending.put(seq)
+                with self.wakeup:
+                    if not self.pending:
+                        if self.draining:
+                            self.closed = True  # under the lock: no submit can slip in after this check
+                            return
+                        self.wakeup.wait(0.05)  # idle: sleep until a request arrives
+                        continue
             try:
                 self.step()
             except Exception:
@@ -225,7 +237,9 @@ class ContinuousBatcher:
 
     def drain(self) -> None:
         """Finish what was submitted, then let run() return (a newer model takes the new requests)."""
-        self.draining.set()
+        with self.wakeup:
+            self.draining = True
+            self.wakeup.notify()
 
     @torch.no_grad()
     def step(self) -> None:
@@ -235,10 +249,10 @@ class ContinuousBatcher:
             with self.ctx:
                 # newcomers prefill a few at a time: one forward per group saves per-call overhead, and small
                 # groups hand out first tokens sooner than one big forward over a burst of arrivals
-                while len(self.rows) < self.max_batch_size and not self.pending.empty():
+                while len(self.rows) < self.max_batch_size and self.pending:
                     while (len(admitting) < PREFILL_GROUP and len(self.rows) + len(admitting) < self.max_batch_size
-                           and not self.pending.empty()):
-                        admitting.append(self.pending.get())
+                           and self.pending):
+                        admitting.append(self.pending.popleft())
                     self._admit(admitting)
                     admitting = []
                 if self.rows:

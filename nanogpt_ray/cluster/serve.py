@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -21,11 +22,12 @@ from ray import serve  # Ray enters here
 from ray.serve.config import BackpressureConfig
 
 from ..config import ServeConfig, from_dict, to_dict
-from ..engine import ContinuousBatcher, Sequence
+from ..engine import BatcherClosed, ContinuousBatcher, Sequence
 from ..serving import (
     SSE_DONE,
     RequestError,
     TextStream,
+    checkpoint_mtime,
     completion_chunk,
     completion_response,
     error_body,
@@ -79,8 +81,6 @@ class CompletionServer:
     # -- --watch: a newer checkpoint takes new requests; the old engine finishes the ones it holds
 
     def _watch(self):
-        from ..serving import checkpoint_mtime
-
         while not self.closing.wait(self.cfg.watch_interval_s):
             mtime = checkpoint_mtime(self.cfg)
             if mtime is None or mtime == self.engine.loaded.mtime:
@@ -144,11 +144,14 @@ class CompletionServer:
         def on_finish(i, reason):
             put((i, streams[i].flush(), reason))
 
-        for choice in req.choices:
-            i = choice.index
-            engine.batcher.submit(Sequence(
-                choice.prompt_ids, req.max_tokens, lambda t, i=i: on_token(i, t), lambda r, i=i: on_finish(i, r),
-                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=choice.seed, device=engine.device))
+        seqs = [Sequence(c.prompt_ids, req.max_tokens, partial(on_token, c.index), partial(on_finish, c.index),
+                         temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=c.seed, device=engine.device)
+                for c in req.choices]
+        try:
+            engine.batcher.submit(*seqs)
+        except BatcherClosed:  # --watch swapped models since we looked (same run: same tokenizer): take the new one
+            engine = self.engine
+            engine.batcher.submit(*seqs)
         prompt_tokens = sum(len(c.prompt_ids) for c in req.choices if c.index % req.n == 0)
         completion_id, created = new_completion_id(), int(time.time())
 

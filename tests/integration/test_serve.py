@@ -68,7 +68,7 @@ def server(run_dir):
     """A local Ray cluster with 2 CPUs, Serve's proxy on a free loopback port, and two applications."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # ours, not a `ray start` one
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = dict(out_dir=str(run_dir["out_dir"]), data_root=str(run_dir["data_root"]), model_name=MODEL, port=port,

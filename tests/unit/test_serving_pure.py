@@ -1,11 +1,13 @@
 """The serving core without Ray or HTTP: the continuous batcher against plain generation, request validation
 (every 400), stop strings in streamed text, and OpenAI's response shapes."""
 
+import threading
+
 import pytest
 import torch
 
 from nanogpt_ray.config import ConfigError, ServeConfig
-from nanogpt_ray.engine import ContinuousBatcher, Sequence, generate
+from nanogpt_ray.engine import BatcherClosed, ContinuousBatcher, Sequence, generate
 from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.serving import (
     RequestError,
@@ -114,6 +116,20 @@ def test_submit_keeps_the_prompt_tail_that_fits_with_max_new_tokens(model):
     assert row.tokens == expected
     with pytest.raises(ValueError):
         batcher.submit(Sequence([1], BLOCK, row.on_token, row.on_finish))
+
+
+def test_a_drained_batcher_finishes_its_rows_then_stops_and_refuses_new_ones(model):
+    batcher = ContinuousBatcher(model)
+    rows = [Collect() for _ in range(3)]
+    batcher.submit(*[Sequence([1, 2], 30, r.on_token, r.on_finish, temperature=0) for r in rows])
+    batcher.drain()  # before the loop even starts: what was submitted still runs to the end
+    thread = threading.Thread(target=batcher.run, args=(threading.Event(),))
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert all(len(r.tokens) == 30 and r.reason == "length" for r in rows)
+    with pytest.raises(BatcherClosed):
+        batcher.submit(Sequence([1], 3, rows[0].on_token, rows[0].on_finish))
 
 
 # ---------------------------------------------------------------------------- requests
