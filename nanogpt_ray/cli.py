@@ -1,4 +1,4 @@
-"""`nanogpt-ray prepare|train|tune|sample|bench|export`: nanoGPT's argument syntax for every command.
+"""`nanogpt-ray prepare|train|tune|sample|serve|bench|export`: nanoGPT's argument syntax for every command.
 
     nanogpt-ray train configs/train_shakespeare_char.py --batch_size=32 --num_workers=2
 
@@ -17,6 +17,7 @@ from .config import (
     ExportConfig,
     PrepareConfig,
     SampleConfig,
+    ServeConfig,
     SweepConfig,
     TrainConfig,
     UserError,
@@ -33,6 +34,7 @@ commands:
   train     train a GPT on Ray Train (DDP over every worker), checkpoints to out_dir and storage_path
   tune      sweep learning rate and model size with Ray Tune
   sample    generate text from a checkpoint or GPT-2 (batch files of prompts on Ray actors)
+  serve     OpenAI-compatible /v1/completions for a checkpoint or GPT-2 on Ray Serve (continuous batching)
   bench     time training steps: ms/iter, tokens/s, MFU, memory (one node, every node, or worker scaling)
   export    write a checkpoint as a Hugging Face GPT2LMHeadModel directory
 
@@ -120,6 +122,34 @@ def cmd_sample(argv: list[str]) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(format_help(ServeConfig, "serve", "Serve a checkpoint (init_from=resume) or GPT-2 as OpenAI's /v1/completions "
+                                                "(and /v1/models, /health) on Ray Serve; --watch swaps in newer checkpoints.",
+                          footer="then: openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-')"
+                                 ".completions.create(model=..., prompt=...)"))
+        return 0
+    cfg = load(ServeConfig, argv)  # before importing Ray, so a typo is reported at once
+    from .checkpoint import load_model
+
+    load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path)  # a missing checkpoint fails here in one line, not in a replica
+    from .cluster.serve import run_server
+
+    run_server(cfg)
+    return 0
+
+
+def serve_app(args: dict):
+    """The Serve application for `serve run jobs.serve:app key=value ...` and a Serve config file's `args`:
+    the same keys as `nanogpt-ray serve`; `config` names a config file."""
+    args = dict(args or {})
+    files = [args.pop("config")] if args.get("config") else []
+    cfg = load_config(ServeConfig, files, [f"--{k}={v}" for k, v in args.items()])
+    from .cluster.serve import build_app
+
+    return build_app(cfg)
+
+
 def cmd_bench(argv: list[str]) -> int:
     if wants_help(argv):
         print(format_help(BenchConfig, "bench", "Time training steps: ms/iter, tokens/s, MFU and peak memory."))
@@ -164,6 +194,7 @@ def cmd_export(argv: list[str]) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "tune": cmd_tune, "sample": cmd_sample,
+            "serve": cmd_serve,
             "bench": cmd_bench, "export": cmd_export}
 
 

@@ -318,6 +318,76 @@ class SampleConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`nanogpt-ray serve`: an OpenAI-compatible completions server on Ray Serve."""
+
+    init_from: str = "resume"
+    """'resume' (from out_dir/ckpt.pt), 'gpt2*', or a local GPT-2 directory."""
+    out_dir: str = "out"
+    """Folder holding ckpt.pt when init_from='resume' (and the folder --watch polls)."""
+    ckpt_path: str = ""
+    """An explicit checkpoint file or Ray checkpoint directory; overrides out_dir."""
+    data_root: str = "data"
+    """Where the checkpoint's dataset meta.json (the char vocab) is looked up."""
+    model_name: str = ""
+    """The `model` clients ask for; empty: the out_dir's folder name, or the init_from name."""
+    host: str = "127.0.0.1"
+    """Where the HTTP proxy listens; 0.0.0.0 exposes it beyond this machine."""
+    port: int = 8000
+    num_replicas: int = 1
+    """Fixed number of model replicas; ignored when max_replicas > 0 (autoscaling)."""
+    min_replicas: int = 1
+    """Autoscaling floor (only with max_replicas > 0)."""
+    max_replicas: int = 0
+    """> 0 turns autoscaling on, between min_replicas and max_replicas."""
+    target_ongoing_requests: float = 16.0
+    """Autoscaling target: requests in flight per replica before another replica is added."""
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    max_batch_size: int = 32
+    """Rows one replica decodes together; requests beyond it wait in the replica for a free row."""
+    max_ongoing_requests: int = 64
+    """Requests one replica accepts at once (running + waiting for a row); the rest queue in Serve."""
+    max_queued_requests: int = 128
+    """Requests Serve queues when every replica is full; beyond it clients get 503 with Retry-After."""
+    retry_after_s: float = 1.0
+    """The Retry-After hint sent with a 503."""
+    device: str = "auto"
+    dtype: Dtype = "auto"
+    watch: bool = False
+    """Poll the checkpoint and swap to a newer one (by iter_num/mtime) without dropping requests in flight."""
+    watch_interval_s: float = 5.0
+    """How often --watch polls the checkpoint."""
+    address: str = ""
+    """Ray cluster to deploy on (or RAY_ADDRESS); empty starts a local one."""
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        _check_device(self.device)
+        _check_init_from(self.init_from, ("resume",))
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port={self.port} must be in 1..65535")
+        for key in ("num_replicas", "max_batch_size", "max_ongoing_requests"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.max_replicas and not 0 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(f"min_replicas={self.min_replicas} must be in 0..max_replicas={self.max_replicas}")
+        if self.max_queued_requests < -1 or self.max_queued_requests == 0:
+            raise ConfigError(f"max_queued_requests={self.max_queued_requests} must be >= 1 (or -1: unbounded)")
+        if self.watch and self.init_from != "resume":
+            raise ConfigError("watch=True polls a checkpoint: it needs init_from='resume'")
+        if self.watch_interval_s <= 0 or self.target_ongoing_requests <= 0:
+            raise ConfigError("watch_interval_s and target_ongoing_requests must be > 0")
+
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if self.init_from == "resume":
+            return os.path.basename(os.path.normpath(self.ckpt_path or self.out_dir)) or "nanogpt"
+        return os.path.basename(os.path.normpath(self.init_from))
+
+
+@dataclass
 class BenchConfig:
     """bench.py's knobs, plus cluster-wide and scaling benchmarks."""
 

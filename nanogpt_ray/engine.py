@@ -15,8 +15,15 @@ Past block_size there are two ways to keep going:
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import threading
+import traceback
+
 import torch
 from torch.nn import functional as F
+
+_SDPA = hasattr(F, "scaled_dot_product_attention")  # model.py's flash path, which takes float masks
 
 
 class KVCache:
@@ -27,6 +34,15 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.length = 0  # positions filled, the same for every layer once a forward pass ends
+
+    @classmethod
+    def view(cls, store, batch_size, length):
+        """A cache over the first batch_size rows of preallocated (keys, values) tensors, `length` filled."""
+        cache = cls.__new__(cls)
+        cache.keys = [t[:batch_size] for t in store[0]]
+        cache.values = [t[:batch_size] for t in store[1]]
+        cache.length = length
+        return cache
 
     @classmethod
     def for_model(cls, model, batch_size, device):
@@ -121,3 +137,249 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generators)
         idx = torch.cat((idx, idx_next), dim=1)
     return idx
+
+
+# ---------------------------------------------------------------------------- continuous batching
+
+class Sequence:
+    """One row a server wants generated. The batcher calls on_token(token) from its thread for every new token
+    (return False to stop the row there: a stop string was seen, or the client left) and then on_finish(reason)
+    exactly once: 'length' (max_new_tokens reached), 'stop' (on_token said so) or 'error'."""
+
+    def __init__(self, prompt, max_new_tokens, on_token, on_finish, temperature=1.0, top_k=None, top_p=None,
+                 seed=None, device="cpu"):
+        self.prompt = list(prompt)
+        self.max_new_tokens = int(max_new_tokens)
+        self.on_token, self.on_finish = on_token, on_finish
+        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        self.generator = torch.Generator(device=device)
+        if seed is None:
+            self.generator.seed()  # a fresh random seed: unseeded requests differ from each other
+        else:
+            self.generator.manual_seed(int(seed))
+        self.generated = 0
+
+    def sampling_key(self):
+        """Rows with equal keys sample together in one call."""
+        return (self.temperature, self.top_k, self.top_p)
+
+
+class BatcherClosed(RuntimeError):
+    """submit() on a batcher that was drained and has stopped."""
+
+
+PREFILL_GROUP = 4  # newcomers prefilled in one forward
+
+
+class ContinuousBatcher:
+    """A decode loop that admits new rows between steps (continuous batching) over one shared KV cache.
+
+    Rows are right-aligned in the cache: the rows that arrived since the last step are prefilled in small groups
+    before that step (their first token waits for no running row), and their keys are copied in with left
+    padding, the same padding `generate` uses for ragged prompts, so positions and masks come from
+    `padding_positions_and_mask`. Finished rows leave at once and
+    free their slot; when the cache fills up, the columns every row pads are dropped. A row never needs more
+    than block_size positions: `submit` keeps the last block_size - max_new_tokens prompt tokens.
+
+    submit() is thread-safe; step() and run() belong to one decode thread.
+    """
+
+    def __init__(self, model, device="cpu", ctx=None, max_batch_size=32):
+        self.model, self.device, self.max_batch_size = model, device, int(max_batch_size)
+        self.ctx = ctx if ctx is not None else contextlib.nullcontext()
+        self.block_size = model.config.block_size
+        self.pending: collections.deque[Sequence] = collections.deque()  # submitted, not yet admitted
+        self.wakeup = threading.Condition()  # guards pending/draining/closed against submit racing a drain
+        self.draining = self.closed = False
+        self.rows: list[Sequence] = []
+        self.store = None  # (keys, values): per layer (capacity, nh, block_size, hs); rows 0..B-1 are live
+        self.length = 0  # positions filled, shared by every row (rows are right-aligned)
+        self.pad: list[int] = []  # leading positions each row does not use
+        self.last: list[int] = []  # each row's newest token, not yet in the cache
+
+    # -- called from any thread
+
+    def submit(self, *seqs: Sequence) -> None:
+        """Queue rows for the decode thread, all or none (a request's choices stay on one model); raises
+        BatcherClosed once a drained batcher has stopped, so the caller can go to the newer one."""
+        for seq in seqs:
+            if seq.max_new_tokens < 1 or seq.max_new_tokens >= self.block_size:
+                raise ValueError(f"max_new_tokens={seq.max_new_tokens} must be in 1..{self.block_size - 1}")
+            if not seq.prompt:
+                raise ValueError("empty prompt")
+            seq.prompt = seq.prompt[-(self.block_size - seq.max_new_tokens):]
+        with self.wakeup:
+            if self.closed:
+                raise BatcherClosed("this batcher was drained and has stopped")
+            self.pending.extend(seqs)
+            self.wakeup.notify()
+
+    def busy(self) -> bool:
+        return bool(self.rows) or bool(self.pending)
+
+    # -- the decode thread
+
+    def run(self, stop: threading.Event) -> None:
+        """Decode until `stop` is set, or until drain() was called and every row has finished."""
+        while not stop.is_set():
+            if not self.rows:
+                with self.wakeup:
+                    if not self.pending:
+                        if self.draining:
+                            self.closed = True  # under the lock: no submit can slip in after this check
+                            return
+                        self.wakeup.wait(0.05)  # idle: sleep until a request arrives
+                        continue
+            try:
+                self.step()
+            except Exception:
+                traceback.print_exc()  # step() already failed the rows it held; keep serving the next ones
+
+    def drain(self) -> None:
+        """Finish what was submitted, then let run() return (a newer model takes the new requests)."""
+        with self.wakeup:
+            self.draining = True
+            self.wakeup.notify()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Admit waiting rows (prefill + first token), then decode one token for every row."""
+        admitting = []
+        try:
+            with self.ctx:
+                # newcomers prefill a few at a time: one forward per group saves per-call overhead, and small
+                # groups hand out first tokens sooner than one big forward over a burst of arrivals
+                while len(self.rows) < self.max_batch_size and self.pending:
+                    while (len(admitting) < PREFILL_GROUP and len(self.rows) + len(admitting) < self.max_batch_size
+                           and self.pending):
+                        admitting.append(self.pending.popleft())
+                    self._admit(admitting)
+                    admitting = []
+                if self.rows:
+                    self._decode()
+        except Exception:
+            # a failed step must not kill the loop (and with it the replica): fail the rows it held
+            for seq in self.rows + admitting:
+                _finish(seq, "error")
+            self._reset()
+            raise
+
+    def _sample(self, logits, rows):
+        """One token per row of logits (B, V); greedy rows (temperature 0) take the argmax."""
+        out = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        groups = {}
+        for i, seq in enumerate(rows):
+            groups.setdefault(seq.sampling_key(), []).append(i)
+        for (temperature, top_k, top_p), index in groups.items():
+            sub = logits[index]
+            if temperature == 0:
+                out[index] = sub.argmax(dim=-1)
+            else:
+                gens = [rows[i].generator for i in index]
+                out[index] = sample_next_token(sub, temperature, top_k, top_p, gens).view(-1)
+        return out
+
+    def _emit(self, seq, token) -> bool:
+        """Hand a token to its row; True while the row goes on."""
+        seq.generated += 1
+        try:
+            keep_going = seq.on_token(token) is not False
+        except Exception:
+            keep_going = False  # a broken consumer ends its own row, never the batch
+        if not keep_going:
+            _finish(seq, "stop")
+            return False
+        if seq.generated >= seq.max_new_tokens:
+            _finish(seq, "length")
+            return False
+        return True
+
+    def _admit(self, seqs):
+        """Prefill every newcomer in one left-padded forward, hand out its first token, copy its cache in."""
+        T = max(len(seq.prompt) for seq in seqs)
+        x = torch.tensor([[0] * (T - len(seq.prompt)) + seq.prompt for seq in seqs], dtype=torch.long, device=self.device)
+        prompt_pad = torch.tensor([T - len(seq.prompt) for seq in seqs], dtype=torch.long, device=self.device)
+        fresh = KVCache.for_model(self.model, len(seqs), self.device)
+        positions, mask = padding_positions_and_mask(prompt_pad, T, T)
+        logits, _ = self.model(x, kv_cache=fresh, positions=positions, attn_mask=mask)
+        tokens = self._sample(logits[:, -1, :], seqs).tolist()
+        for r, (seq, token) in enumerate(zip(seqs, tokens)):
+            if self._emit(seq, token):
+                self._join(seq, token, fresh, r, T)
+
+    def _join(self, seq, token, fresh, r, T):
+        """Copy row r of a prefill cache (its prompt ends at T) into the batch, right-aligned."""
+        B, new_length = len(self.rows), len(seq.prompt)
+        if self.store is None or B == self.store[0][0].size(0):
+            self._grow(B)
+        length = self.length if B else new_length
+        if new_length > length:  # the newcomer is longer: move every row right to make room on the left
+            self._shift(new_length - length)
+            length = new_length
+        offset = length - new_length
+        for store, new in zip(self.store, (fresh.keys, fresh.values)):
+            for layer in range(len(store)):
+                store[layer][B, :, offset:length] = new[layer][r, :, T - new_length:T]
+        self.length = length
+        self.pad.append(offset)
+        self.last.append(token)
+        self.rows.append(seq)
+
+    def _grow(self, B):
+        """Room for more rows: capacity doubles (up to max_batch_size), so joining rows copy nothing."""
+        capacity = min(max(4, 2 * B), self.max_batch_size)
+        fresh = KVCache.for_model(self.model, capacity, self.device)
+        if self.store is not None:
+            for old, new in zip(self.store, (fresh.keys, fresh.values)):
+                for layer in range(len(old)):
+                    new[layer][:B] = old[layer][:B]
+        self.store = (fresh.keys, fresh.values)
+
+    def _shift(self, n):
+        """Move every row n positions right (n > 0) or -n positions left (n < 0), keeping its content. What is left
+        behind is stale but finite, and masked out as padding."""
+        B, length = len(self.rows), self.length
+        for store in self.store:
+            for t in store:
+                if n > 0:
+                    t[:B, :, n:length + n] = t[:B, :, :length].clone()
+                else:
+                    t[:B, :, :length + n] = t[:B, :, -n:length].clone()
+        self.length += n
+        self.pad = [p + n for p in self.pad]
+
+    def _decode(self):
+        B, min_pad = len(self.rows), min(self.pad)
+        if self.length + 1 > self.block_size or min_pad >= 32:
+            self._shift(-min_pad)  # columns every row pads: drop them (room for the next token, cheaper attention)
+        cache = KVCache.view(self.store, B, self.length)
+        pad = torch.tensor(self.pad, dtype=torch.long, device=self.device)
+        positions, mask = padding_positions_and_mask(pad, self.length + 1, 1)
+        if mask is not None and _SDPA:
+            # an additive float mask, built once per step: cheaper in every layer's attention than a boolean one
+            mask = torch.zeros(mask.shape, device=self.device).masked_fill_(~mask, float("-inf"))
+        last = torch.tensor(self.last, dtype=torch.long, device=self.device).view(-1, 1)
+        logits, _ = self.model(last, kv_cache=cache, positions=positions, attn_mask=mask)
+        self.length = cache.length
+        self.last = self._sample(logits[:, -1, :], self.rows).tolist()
+        done = [i for i, (seq, token) in enumerate(zip(self.rows, self.last)) if not self._emit(seq, token)]
+        for i in reversed(done):  # the last row moves into the freed slot: one row copied, not the batch
+            j = len(self.rows) - 1
+            if i != j:
+                for store in self.store:
+                    for t in store:
+                        t[i] = t[j]
+                self.rows[i], self.pad[i], self.last[i] = self.rows[j], self.pad[j], self.last[j]
+            self.rows.pop(), self.pad.pop(), self.last.pop()
+        if not self.rows:
+            self._reset()
+
+    def _reset(self):
+        self.rows, self.pad, self.last, self.length = [], [], [], 0  # the storage stays for the next rows
+
+
+def _finish(seq, reason):
+    try:
+        seq.on_finish(reason)
+    except Exception:
+        pass  # the consumer is gone; nothing left to tell it

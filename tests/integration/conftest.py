@@ -9,7 +9,7 @@ def ray_start_2_cpus():
     """A fresh local Ray cluster with 2 logical CPUs, shut down after the module."""
     if ray.is_initialized():
         ray.shutdown()
-    context = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True,
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True,
                        runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})
     yield context
     ray.shutdown()

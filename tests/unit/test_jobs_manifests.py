@@ -85,3 +85,23 @@ def test_a_loopback_dashboard_is_paired_with_a_submission_mode_that_reaches_it()
             assert mode in SUBMITTERS_THAT_REACH_LOOPBACK, (
                 f"{manifest['metadata']['name']}: dashboard on {host} but submissionMode {mode} submits from outside the head pod")
     assert manifests[0]["spec"]["submissionMode"] == "SidecarMode"
+
+
+@pytest.mark.parametrize("path, key", [("serve_config.yaml", None), ("rayservice.yaml", "serveConfigV2")])
+def test_serve_configs_deploy_the_serve_entrypoint_with_valid_keys(path, key, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    from nanogpt_ray.cli import serve_app
+    from nanogpt_ray.config import ServeConfig
+
+    manifest = yaml.safe_load((JOBS / path).read_text())
+    config = yaml.safe_load(manifest["spec"][key]) if key else manifest
+    ServeDeploySchema.parse_obj(config)  # what `serve deploy` / KubeRay validate
+    (application,) = config["applications"]
+    assert application["import_path"] == "jobs.serve:app"
+    args = {k: str(v) for k, v in application["args"].items()}  # `serve run ... key=value` passes strings
+    cfg = load_config(ServeConfig, [], [f"--{k}={v}" for k, v in args.items()], absolute_paths=False)
+    assert cfg.watch and cfg.init_from == "resume"
+    os.makedirs(tmp_path / "out", exist_ok=True)
+    app = serve_app({**args, "out_dir": str(tmp_path / "out")})  # the builder Serve calls returns an application
+    assert type(app).__name__ == "Application"
