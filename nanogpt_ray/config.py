@@ -708,8 +708,9 @@ class SweepConfig:
     """Trials running at once; 0 derives it from the cluster's CPUs/GPUs and the resources per trial."""
     workers_per_trial: int = 1
     """Ray Train workers (DDP ranks) per trial."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per Train worker; the trial's driver takes 0.01 CPU on top."""
+    cpus_per_worker: float = 0.0
+    """CPUs reserved per Train worker (its torch threads too); the trial's driver takes 0.01 CPU on top. 0: as
+    many trials at once as the cluster has CPUs per trial, sharing every CPU out among their workers."""
     gpus_per_worker: float = 0.0
     """GPUs per Train worker (0 trains on CPU)."""
     storage_path: str = "sweeps"
@@ -755,8 +756,8 @@ class SweepConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
         if self.reduction_factor <= 1:
             raise ConfigError(f"reduction_factor={self.reduction_factor} must be > 1")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise ConfigError("cpus_per_worker must be > 0 and gpus_per_worker >= 0")
+        if self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
+            raise ConfigError("cpus_per_worker and gpus_per_worker must be >= 0 (cpus_per_worker=0 shares out the cluster)")
         if not self.sweep_name or os.sep in self.sweep_name:
             raise ConfigError(f"sweep_name={self.sweep_name!r} must be a plain folder name")
         if self.scaling_law and len(self.model_sizes) < 3:

@@ -190,6 +190,20 @@ class TrialSettings:
                     num_workers=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
 
 
+def share_out_cpus(sweep: SweepConfig, cluster: dict, n_trials: int, use_gpu: bool = False) -> SweepConfig:
+    """cpus_per_worker=0: the sweep with CPUs per worker decided, the rule `train` follows per node. As many
+    trials at once as fit with one CPU per worker (capped by the trials and max_concurrent_trials), then every
+    CPU shared out among their workers: 1 trial on 2 CPUs gets 1.99, 2 trials 0.99 each (drivers take 0.01)."""
+    if sweep.cpus_per_worker:
+        return sweep
+    if use_gpu or sweep.gpus_per_worker:
+        return dataclasses.replace(sweep, cpus_per_worker=1.0 - DRIVER_CPUS)
+    cpus = float(cluster.get("CPU", 0))
+    at_once = trial_concurrency(dataclasses.replace(sweep, cpus_per_worker=1.0 - DRIVER_CPUS), cluster, n_trials)
+    share = (cpus - at_once * DRIVER_CPUS) / (at_once * sweep.workers_per_trial)
+    return dataclasses.replace(sweep, cpus_per_worker=math.floor(share * 100) / 100)
+
+
 def trial_concurrency(sweep: SweepConfig, cluster: dict, n_trials: int, use_gpu: bool = False) -> int:
     """How many trials fit on the cluster at once (driver + workers each); SweepError when not even one does."""
     cpus_needed = sweep.workers_per_trial * sweep.cpus_per_worker + DRIVER_CPUS

@@ -65,7 +65,7 @@ class RayRuntime(Runtime):
 
     def cpu_threads(self, cpus_per_worker: float) -> int:
         # Ray sets OMP_NUM_THREADS to the worker's CPUs, but torch may already have sized its pool: be explicit
-        threads = max(1, int(cpus_per_worker))
+        threads = max(1, round(cpus_per_worker))  # 1.99 (2 CPUs less a trial driver's 0.01) is 2 threads
         torch.set_num_threads(threads)
         return threads
 

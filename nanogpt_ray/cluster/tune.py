@@ -28,6 +28,7 @@ from ..sweep import (
     num_trials,
     records_from_results,
     search_axes,
+    share_out_cpus,
     trial_concurrency,
     trial_train_config,
     write_report,
@@ -73,8 +74,10 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
 
     check_dataset(base)  # a missing dataset fails here in one line, not in every trial
     init_ray(sweep)
-    first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
+    first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=1.0)
     use_gpu = resolve_use_gpu(first_trial, ray.cluster_resources().get("GPU", 0))
+    sweep = share_out_cpus(sweep, ray.cluster_resources(), n_trials, use_gpu=use_gpu)
+    first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
     concurrency = trial_concurrency(sweep, ray.cluster_resources(), n_trials, use_gpu=use_gpu)
     check_cluster(first_trial)  # the workers of one trial fit on the nodes as they are split up
     print(f"sweep {sweep.sweep_name}: {n_trials} trials, {concurrency} at a time "

@@ -129,7 +129,7 @@ def test_concurrency_from_cluster_resources():
     assert trial_concurrency(SweepConfig(max_concurrent_trials=1, cpus_per_worker=0.5), {"CPU": 8.0}, n_trials=4) == 1
     assert trial_concurrency(SweepConfig(cpus_per_worker=0.5), {"CPU": 8.0}, n_trials=3) == 3
     with pytest.raises(SweepError, match="a trial needs 3.01 CPUs .* cluster holds 2") as e:
-        trial_concurrency(SweepConfig(workers_per_trial=3), {"CPU": 2.0}, n_trials=4)
+        trial_concurrency(SweepConfig(workers_per_trial=3, cpus_per_worker=1.0), {"CPU": 2.0}, n_trials=4)
     assert "\n" not in str(e.value)
     with pytest.raises(SweepError, match="GPUs"):
         trial_concurrency(SweepConfig(workers_per_trial=2, gpus_per_worker=1), {"CPU": 16.0, "GPU": 1.0}, n_trials=2)
@@ -271,3 +271,17 @@ def test_plots_label_units_mark_the_best_trial_and_keep_32_curves_readable(tmp_p
     assert star_labels == [f"best: {best.trial} ({best.best()[1]:.3f})"]
     assert os.path.getsize(plot_learning_curves(records, str(tmp_path / "curves.png"))) > 1000
     assert os.path.getsize(plot_lr_sweep(rows, str(tmp_path / "lr.png"))) > 1000
+
+
+def test_a_sweep_shares_every_cpu_out_among_its_concurrent_trials():
+    from nanogpt_ray.sweep import share_out_cpus
+
+    two_cpus = {"CPU": 2.0}
+    one_at_a_time = share_out_cpus(SweepConfig(), two_cpus, n_trials=1)
+    assert one_at_a_time.cpus_per_worker == 1.99  # one trial: the whole machine but its driver's 0.01
+    assert trial_concurrency(one_at_a_time, two_cpus, n_trials=1) == 1
+    two_at_once = share_out_cpus(SweepConfig(), two_cpus, n_trials=4)
+    assert two_at_once.cpus_per_worker == 0.99 and trial_concurrency(two_at_once, two_cpus, n_trials=4) == 2
+    eight = share_out_cpus(SweepConfig(workers_per_trial=2, max_concurrent_trials=2), {"CPU": 8.0}, n_trials=6)
+    assert eight.cpus_per_worker == 1.99 and trial_concurrency(eight, {"CPU": 8.0}, n_trials=6) == 2
+    assert share_out_cpus(SweepConfig(cpus_per_worker=0.5), two_cpus, n_trials=4).cpus_per_worker == 0.5  # explicit wins
