@@ -135,7 +135,8 @@ def test_scaling_law_mode_trains_every_size_on_the_token_budget_and_fits(ray_sta
 @pytest.mark.timeout(120)
 def test_more_workers_per_trial_than_the_cluster_holds_fails_before_starting(ray_start_2_cpus, data_root, tmp_path):
     sweep = SweepConfig(train_overrides=dict(TRAIN, data_root=data_root, gradient_accumulation_steps=3),
-                        learning_rates=[1e-3], workers_per_trial=3, storage_path=str(tmp_path), sweep_name="big")
+                        learning_rates=[1e-3], workers_per_trial=3, cpus_per_worker=1.0, storage_path=str(tmp_path),
+                        sweep_name="big")
     with pytest.raises(SweepError, match="a trial needs 3.01 CPUs") as e:
         run_sweep(sweep)
     assert "\n" not in str(e.value)
