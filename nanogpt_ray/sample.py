@@ -109,25 +109,31 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 # ---------------------------------------------------------------------------- model
 
-def load_sampler(cfg: SampleConfig) -> Sampler:
-    """Seed, pick device and dtype, load the model (checkpoint or GPT-2) and its tokenizer."""
-    torch.manual_seed(cfg.seed)
-    try:
-        device = resolve_device(cfg.device)
-    except ValueError as e:
-        raise SampleError(str(e)) from None
-    dtype = resolve_dtype(cfg.dtype, device)
+def load_model_for_sampling(init_from: str, out_dir: str, ckpt_path: str, data_root: str, device: str, dtype: str):
+    """(Sampler, checkpoint dict or None): the model (checkpoint or GPT-2) in eval mode on the resolved device,
+    its tokenizer, and the autocast context. Shared by `sample`, the sampling actors and `serve`."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     if device.startswith("cuda"):
-        torch.cuda.manual_seed(cfg.seed)
         enable_tf32()
-    model, ckpt = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path, device)
-    tokenizer = resolve_tokenizer(ckpt, cfg.init_from, cfg.data_root)
+    model, ckpt = load_model(init_from, out_dir, ckpt_path, device)
+    tokenizer = resolve_tokenizer(ckpt, init_from, data_root)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise SampleError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                           f"{model.config.vocab_size}: the checkpoint's dataset meta does not belong to it")
+    return Sampler(model, tokenizer, device, autocast_context(device, dtype)), ckpt
+
+
+def load_sampler(cfg: SampleConfig) -> Sampler:
+    """Seed, then the model, tokenizer and device of a sample config (optionally compiled)."""
+    torch.manual_seed(cfg.seed)
+    sampler, _ = load_model_for_sampling(cfg.init_from, cfg.out_dir, cfg.ckpt_path, cfg.data_root, cfg.device, cfg.dtype)
+    if sampler.device.startswith("cuda"):
+        torch.cuda.manual_seed(cfg.seed)
     if cfg.compile:
-        model = torch.compile(model)  # pays off for long generations; the first call compiles
-    return Sampler(model, tokenizer, device, autocast_context(device, dtype))
+        # pays off for long generations; engine.generate calls this compiled module, so it is what runs
+        sampler = sampler._replace(model=torch.compile(sampler.model))
+    return sampler
 
 
 @torch.no_grad()

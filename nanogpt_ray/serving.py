@@ -13,10 +13,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .checkpoint import checkpoint_file, load_model
+from .checkpoint import checkpoint_file
 from .config import ServeConfig
-from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
-from .sample import SampleError, Sampler, resolve_tokenizer
+from .sample import Sampler, load_model_for_sampling
 from .tokenizer import decode_tokens, unknown_chars_message
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -268,17 +267,7 @@ def checkpoint_mtime(cfg: ServeConfig) -> float | None:
 
 def load_served_model(cfg: ServeConfig) -> LoadedModel:
     """Device, dtype, model and tokenizer, as `sample` loads them, plus what --watch needs to notice a newer one."""
-    try:
-        device = resolve_device(cfg.device)
-    except ValueError as e:
-        raise SampleError(str(e)) from None
-    dtype = resolve_dtype(cfg.dtype, device)
-    if device.startswith("cuda"):
-        enable_tf32()
     mtime = checkpoint_mtime(cfg)  # before reading: a checkpoint written meanwhile then counts as newer
-    model, ckpt = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path, device)
-    tokenizer = resolve_tokenizer(ckpt, cfg.init_from, cfg.data_root)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise SampleError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
-    iter_num = ckpt.get("iter_num") if ckpt is not None else None
-    return LoadedModel(Sampler(model, tokenizer, device, autocast_context(device, dtype)), iter_num, mtime)
+    sampler, ckpt = load_model_for_sampling(cfg.init_from, cfg.out_dir, cfg.ckpt_path, cfg.data_root, cfg.device,
+                                            cfg.dtype)
+    return LoadedModel(sampler, ckpt.get("iter_num") if ckpt is not None else None, mtime)
