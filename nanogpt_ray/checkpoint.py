@@ -17,7 +17,7 @@ from .model import GPT, GPTConfig
 
 CKPT_NAME = "ckpt.pt"
 REQUIRED_KEYS = ("model", "model_args")
-MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout", "gelu")
+MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout", "gelu", "arch")
 
 
 class CheckpointError(UserError):
@@ -66,6 +66,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 def model_from_checkpoint(ckpt: dict, dropout: float | None = None) -> GPT:
     model_args = {k: ckpt["model_args"][k] for k in MODEL_ARG_KEYS if k in ckpt["model_args"]}
     model_args.setdefault("gelu", "exact")  # nanoGPT's checkpoints carry no such key; its MLP is nn.GELU()
+    model_args.setdefault("arch", "gpt2")  # nor this one: theirs is always the GPT-2 flavour
     if dropout is not None:
         model_args["dropout"] = dropout
     model = GPT(GPTConfig(**model_args))

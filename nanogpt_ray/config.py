@@ -37,6 +37,7 @@ never targets, so the model learns to give them no probability."""
 Dtype = typing.Literal["auto", "float32", "bfloat16", "float16"]
 Backend = typing.Literal["auto", "nccl", "gloo"]
 PlacementStrategy = typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+Arch = typing.Literal["gpt2", "modern"]
 DTYPES = typing.get_args(Dtype)
 BACKENDS = typing.get_args(Backend)
 
@@ -100,6 +101,11 @@ def _check_model_shape(n_layer: int, n_head: int, n_embd: int, block_size: int) 
         raise ConfigError(f"n_embd={n_embd} must be divisible by n_head={n_head} (each head gets n_embd // n_head dims)")
 
 
+def _check_arch(arch: str, bias: bool) -> None:
+    if arch == "modern" and bias:
+        raise ConfigError("bias=True does not go with arch='modern' (the modern recipe has no biases); set bias=False")
+
+
 def _check_init_from(init_from: str, allowed: tuple[str, ...]) -> None:
     # A local directory holding a saved Hugging Face GPT2LMHeadModel is accepted too.
     if init_from in allowed or init_from in GPT2_PRESETS or os.path.isdir(os.path.expanduser(init_from)):
@@ -160,8 +166,18 @@ class TrainConfig:
     """Bias in Linear and LayerNorm layers."""
     gelu: typing.Literal["exact", "tanh"] = "exact"
     """MLP activation: 'exact' GELU as nanoGPT, or 'tanh' as OpenAI GPT-2 (recorded in the checkpoint)."""
-    # adamw optimizer
+    arch: Arch = "gpt2"
+    """Model flavour: 'gpt2' is nanoGPT's model exactly; 'modern' trains faster (rotary positions, QK-norm,
+    ReLU², RMSNorm, no biases, untied zero-init head, logit soft-cap). Recorded in the checkpoint."""
+    # optimizer
+    optimizer: typing.Literal["adamw", "muon"] = "adamw"
+    """'adamw' as nanoGPT; 'muon': Muon (at muon_lr) for the blocks' 2-D weights, AdamW (at learning_rate) for the rest."""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate (optimizer='muon'); the lr schedule scales it like learning_rate."""
+    muon_momentum: float = 0.95
+    """Muon's (Nesterov) momentum."""
     learning_rate: float = 6e-4
+    """AdamW's peak learning rate (with optimizer='muon': embeddings and head only)."""
     max_iters: int = 600000
     weight_decay: float = 1e-1
     beta1: float = 0.9
@@ -233,6 +249,9 @@ class TrainConfig:
             raise ConfigError(f"nan_lr_scale={self.nan_lr_scale} must be in (0, 1]")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        _check_arch(self.arch, self.bias)
+        if self.muon_lr <= 0:
+            raise ConfigError(f"muon_lr={self.muon_lr} must be > 0")
         if self.gradient_accumulation_steps % self.num_workers != 0:
             raise ConfigError(
                 f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide by num_workers={self.num_workers}: "
@@ -257,7 +276,7 @@ class TrainConfig:
 
     def model_args(self) -> dict:
         return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
-                    bias=self.bias, dropout=self.dropout, gelu=self.gelu)
+                    bias=self.bias, dropout=self.dropout, gelu=self.gelu, arch=self.arch)
 
 
 @dataclass
@@ -398,6 +417,8 @@ class BenchConfig:
     n_embd: int = 768
     bias: bool = False
     dropout: float = 0.0
+    arch: Arch = "gpt2"
+    """Model flavour, as TrainConfig.arch."""
     real_data: bool = True
     """Batches from a prepared dataset; False uses random tokens."""
     dataset: str = "openwebtext"
@@ -426,13 +447,14 @@ class BenchConfig:
         _check_choices(self)
         _check_device(self.device)
         _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
+        _check_arch(self.arch, self.bias)
         for key in ("batch_size", "timed_steps", "max_workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
 
     def model_args(self) -> dict:
         return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
-                    bias=self.bias, dropout=self.dropout)
+                    bias=self.bias, dropout=self.dropout, arch=self.arch)
 
 
 # ----------------------------------------------------------------------------- loading

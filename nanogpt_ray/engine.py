@@ -11,6 +11,13 @@ Past block_size there are two ways to keep going:
   window is a full forward of block_size tokens.
 - context shift (context_shift=n): when the window is full, the oldest n tokens go at once and the cache is
   rebuilt once per n tokens (llama.cpp's "context shift"): much faster, but not nanoGPT's tokens.
+
+A model with rotary positions (arch="modern") never rebuilds its cache: attention between a rotated query and
+a rotated key depends only on their distance, so when the window moves the oldest cached entries are dropped
+and the rest stay valid; every new token costs one single-token step. Each token is then computed once, with
+the block_size tokens before it in view (sliding-window attention, as Mistral's): the same tokens as a full
+forward over the whole text with a banded causal mask of width block_size, not as nanoGPT's re-prefilled
+window (there, older tokens are recomputed as if the text began at the window's start).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.length = 0  # positions filled, the same for every layer once a forward pass ends
+        self.dropped = 0  # positions let go from the front (rotary sliding window): the next position is dropped + length
 
     @classmethod
     def view(cls, store, batch_size, length):
@@ -56,6 +64,15 @@ class KVCache:
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+    def drop_oldest(self, n):
+        """Forget the n oldest positions of every layer (rotary models only: their cached keys do not depend
+        on where the window begins)."""
+        keep = self.length - n
+        for cache in self.keys + self.values:
+            cache[:, :, :keep] = cache[:, :, n:self.length].clone()
+        self.length, self.dropped = keep, self.dropped + n
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generators=None):
@@ -114,6 +131,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     """
     B, T0 = idx.shape
     block_size = model.config.block_size
+    rotary = getattr(model.config, "arch", "gpt2") == "modern"  # the cache can slide (module docstring)
     shift = min(max(int(context_shift or 0), 0), block_size - 1)
     pad = torch.zeros(B, dtype=torch.long, device=idx.device)
     if prompt_lengths is not None:
@@ -123,16 +141,24 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         length = idx.size(1)
         new_start = window_start(length, block_size, shift, start)
         if new_start != start:
-            start, cache = new_start, None  # the window moved: cached keys sit at stale positions
+            if rotary and cache is not None:
+                cache.drop_oldest(new_start - start)  # relative positions: the kept keys stay valid
+            else:
+                cache = None  # the window moved: cached keys sit at stale (learned) positions
+            start = new_start
         context = idx[:, start:]
         if cache is not None:
             step_tokens = context[:, -1:]  # the cache holds everything before the newest token
         else:
             step_tokens = context  # prefill the window
             # a cache pays off only if the window stays put for the next step
-            stays = shift > 0 or context.size(1) < block_size
+            stays = rotary or shift > 0 or context.size(1) < block_size
             cache = KVCache.for_model(model, B, idx.device) if use_cache and stays else None
         positions, mask = padding_positions_and_mask((pad - start).clamp(min=0), context.size(1), step_tokens.size(1))
+        if rotary:  # each token keeps the position it has in its row's text, however far the window slid
+            step_len = step_tokens.size(1)
+            absolute = torch.arange(length - step_len, length, device=idx.device)
+            positions = (absolute.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)  # (B, step_len)
         logits, _ = model(step_tokens, kv_cache=cache, positions=positions, attn_mask=mask)
         idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generators)
         idx = torch.cat((idx, idx_next), dim=1)

@@ -229,9 +229,12 @@ def export_hf(model: GPT, out_dir: str, tokenizer=None) -> str:
     generation_config.json, and, given our tokenizer, its transformers twin (tokenizer.json and friends),
     so `transformers.pipeline("text-generation", model=out_dir)` runs with no code of ours.
     Models trained with bias=False get zero biases, which compute the same thing."""
+    cfg = model.config
+    if cfg.arch != "gpt2":
+        raise PretrainedError(f"cannot export an arch={cfg.arch!r} model to Hugging Face GPT-2: its rotary positions, "
+                              "RMSNorm and ReLU² MLP have no GPT2LMHeadModel equivalent (only arch='gpt2' exports)")
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel  # the hf extra; only needed here
 
-    cfg = model.config
     # GPT-2's <|endoftext|> is begin, end and (for batched generation) padding; a char vocabulary has
     # no such token, and GPT2Config's default 50256 would point past a 65-token vocabulary
     eot = getattr(tokenizer, "eot_token", None) if tokenizer is not None else None

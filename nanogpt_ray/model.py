@@ -5,6 +5,12 @@ Module names match OpenAI's GPT-2 checkpoint (wte, wpe, c_attn, c_proj, c_fc, ln
 with four transposes (hf.py). The forward pass takes an optional KV cache, positions and attention mask:
 engine.py uses them for batched, cached generation; `generate` below is nanoGPT's short reference.
 
+Two flavours (GPTConfig.arch), recorded in every checkpoint:
+- "gpt2" (the default): nanoGPT's model exactly. Learned positions, LayerNorm, GELU, tied head.
+- "modern": a faster-to-train recipe (after modded-nanogpt and nanochat): rotary positions, QK-norm,
+  ReLU² MLP, parameter-free RMSNorm, no biases, an untied zero-initialised head, zero-initialised residual
+  projections and a tanh soft-cap on the logits. Same module names where the weights mean the same thing.
+
 Imports only torch (plus the standard library).
 """
 
@@ -29,12 +35,42 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class RMSNorm(nn.Module):
+    """Parameter-free RMSNorm (the modern flavour): no gain, no bias, nothing to tune or decay."""
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),))
+
+
+def make_norm(config):
+    return RMSNorm() if config.arch == "modern" else LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rotary_angles(positions, head_size, base=10000.0):
+    """(cos, sin) of the rotary angles for positions (T) or (B, T): shaped to broadcast over (B, nh, T, hs/2).
+    Computed from the positions themselves, so there is no table to outgrow: any position works."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size))
+    angles = positions.float().unsqueeze(-1) * inv_freq  # (T, hs/2) or (B, T, hs/2)
+    if angles.dim() == 3:
+        angles = angles.unsqueeze(1)  # (B, 1, T, hs/2): one set per row (left-padded batches)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate each (first half, second half) pair of x (B, nh, T, hs) by its position's angle. The dot product
+    of a rotated query and key depends only on their distance, which is what lets a KV cache slide."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_index=0):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.layer_index = layer_index
+        self.modern = config.arch == "modern"
         # key, query, value projections for all heads, in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -46,12 +82,17 @@ class CausalSelfAttention(nn.Module):
         # flash attention is in PyTorch >= 2.0; the masked fallback keeps older versions working
         self.flash = hasattr(torch.nn.functional, "scaled_dot_product_attention")
 
-    def forward(self, x, kv_cache=None, attn_mask=None):
+    def forward(self, x, kv_cache=None, attn_mask=None, rotary=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.modern:
+            # QK-norm bounds the attention logits (stable at high learning rates); then rotate by position.
+            # The cache stores keys already rotated, so a cached key never needs recomputing.
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)  # (B, nh, S, hs), S = cached + T
 
@@ -89,6 +130,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.relu2 = config.arch == "modern"  # ReLU²: as good as GELU here, cheaper, and sparse
         # nanoGPT uses the exact GELU; OpenAI's GPT-2 was trained with the tanh approximation. Which one a
         # model was trained with matters once weights move between the two (hf.py, checkpoints).
         self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
@@ -96,22 +138,55 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else self.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
 
     def __init__(self, config, layer_index=0):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_index)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, attn_mask=None):
-        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)
+    def forward(self, x, kv_cache=None, attn_mask=None, rotary=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask, rotary)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+class Optimizers:
+    """Several optimizers that act as one (Muon for the block matrices, AdamW for the rest): step, zero_grad,
+    param_groups and state_dict cover all of them, so the training loop and GradScaler need not know."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self):
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def step(self, closure=None):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        for opt, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            opt.load_state_dict(state)
 
 
 @dataclass
@@ -124,9 +199,18 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
     gelu: str = "exact"  # "exact" (nanoGPT's nn.GELU()) or "tanh" (OpenAI GPT-2's approximation)
+    arch: str = "gpt2"  # "gpt2" (nanoGPT exactly) or "modern" (see the module docstring)
 
     def __post_init__(self):
         assert self.gelu in ("exact", "tanh"), f"gelu={self.gelu!r}; use 'exact' or 'tanh'"
+        assert self.arch in ARCHS, f"arch={self.arch!r}; use one of {', '.join(ARCHS)}"
+        if self.arch == "modern":
+            self.bias = False  # the recipe has no biases anywhere
+            assert (self.n_embd // self.n_head) % 2 == 0, "rotary embeddings need an even head size"
+
+
+ARCHS = ("gpt2", "modern")
+LOGIT_SOFTCAP = 15.0  # modern: logits = cap * tanh(logits / cap), so no logit can run away early in training
 
 
 class GPT(nn.Module):
@@ -137,28 +221,34 @@ class GPT(nn.Module):
         assert config.block_size is not None
         self.config = config
 
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        self.modern = config.arch == "modern"
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if not self.modern:  # rotary positions (modern) live in attention, not in a table
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                       ln_f=make_norm(config))
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the output projection reuses the token embedding (fewer params, better samples).
-        self.transformer.wte.weight = self.lm_head.weight
+        if not self.modern:
+            # Weight tying: the output projection reuses the token embedding (fewer params, better samples).
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
-        # GPT-2's scaled init: residual projections shrink with depth so the residual stream does not grow
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
+            if not name.endswith("c_proj.weight"):
+                continue
+            if self.modern:
+                torch.nn.init.zeros_(p)  # every block starts as the identity; the residual stream grows as it learns
+            else:  # GPT-2's scaled init: residual projections shrink with depth so the residual stream does not grow
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if self.modern:
+            torch.nn.init.zeros_(self.lm_head.weight)  # untied, so it may start at zero: uniform first predictions
 
     def get_num_params(self, non_embedding=True):
         """Parameter count; position embeddings are left out by default, as they do no matmuls.
         Token embeddings stay in: tied to lm_head, they are the final layer's weights."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and not self.modern:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -177,51 +267,80 @@ class GPT(nn.Module):
         device = idx.device
         b, t = idx.size()
         start = kv_cache.length if kv_cache is not None else 0
-        assert start + t <= self.config.block_size, \
+        # learned positions end at block_size; rotary ones do not, so without a cache a modern model may run
+        # longer sequences (with a sliding-window attn_mask that is what the engine's sliding cache computes)
+        assert start + t <= self.config.block_size or (self.modern and kv_cache is None), \
             f"Cannot forward sequence of length {start + t}, block size is only {self.config.block_size}"
         if positions is None:
-            positions = torch.arange(start, start + t, dtype=torch.long, device=device)  # shape (t)
+            offset = kv_cache.dropped if kv_cache is not None else 0  # positions the sliding cache let go
+            positions = torch.arange(offset + start, offset + start + t, dtype=torch.long, device=device)  # shape (t)
 
-        tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
-        pos_emb = self.transformer.wpe(positions)  # position embeddings of shape (t, n_embd) or (b, t, n_embd)
-        x = self.transformer.drop(tok_emb + pos_emb)
+        x = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
+        rotary = None
+        if self.modern:
+            rotary = rotary_angles(positions, self.config.n_embd // self.config.n_head)
+        else:
+            x = x + self.transformer.wpe(positions)  # position embeddings of shape (t, n_embd) or (b, t, n_embd)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, kv_cache, attn_mask)
+            x = block(x, kv_cache, attn_mask, rotary)
         if kv_cache is not None:
             kv_cache.length += t
         x = self.transformer.ln_f(x)
 
         if targets is not None:
-            logits = self.lm_head(x)
+            logits = self.softcap(self.lm_head(x))
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         else:
             # inference-time mini-optimization: only forward the lm_head on the very last position
-            logits = self.lm_head(x[:, [-1], :])  # note: using list [-1] to preserve the time dim
+            logits = self.softcap(self.lm_head(x[:, [-1], :]))  # note: using list [-1] to preserve the time dim
             loss = None
         return logits, loss
+
+    def softcap(self, logits):
+        if not self.modern:
+            return logits
+        return LOGIT_SOFTCAP * torch.tanh(logits.float() / LOGIT_SOFTCAP)  # in fp32: tanh saturates early in bf16
 
     def crop_block_size(self, block_size):
         """Shrink the context, e.g. to finetune GPT-2 (block 1024) with a smaller block."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
+        if self.modern:
+            return  # rotary positions have no table to cut: the shorter context is all there is to it
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     # ------------------------------------------------------------------ training helpers
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW where only matrices (>= 2-D: matmul weights, embeddings) decay; biases and norms do not."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw",
+                             muon_lr=0.02, muon_momentum=0.95):
+        """AdamW where only matrices (>= 2-D: matmul weights, embeddings) decay; biases and norms do not.
+        optimizer="muon": the blocks' matrices go to Muon at muon_lr instead (torch.optim.Muon takes 2-D
+        weights only), and AdamW keeps the rest (embeddings, head, gains, biases). Every param group carries
+        `lr_ratio` (its lr over learning_rate), so the loop's schedule scales both optimizers alike."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        muon_names = self.muon_param_names() if optimizer == "muon" else []
+        muon_params = [params.pop(name) for name in muon_names]
         decay_params = [p for p in params.values() if p.dim() >= 2]
         nodecay_params = [p for p in params.values() if p.dim() < 2]
         optim_groups = [
-            {"params": decay_params, "weight_decay": weight_decay},
-            {"params": nodecay_params, "weight_decay": 0.0},
+            {"params": decay_params, "weight_decay": weight_decay, "lr_ratio": 1.0},
+            {"params": nodecay_params, "weight_decay": 0.0, "lr_ratio": 1.0},
         ]
         # The fused kernel is one launch per step instead of several per tensor; it exists for cuda (and cpu in new torch).
         fused_available = "fused" in inspect.signature(torch.optim.AdamW).parameters
         use_fused = fused_available and device_type == "cuda"
         extra_args = dict(fused=True) if use_fused else dict()
-        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+        adamw = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+        if optimizer == "adamw":
+            return adamw
+        muon = torch.optim.Muon([{"params": muon_params, "lr_ratio": muon_lr / learning_rate}], lr=muon_lr,
+                                weight_decay=weight_decay, momentum=muon_momentum)
+        return Optimizers(muon, adamw)
+
+    def muon_param_names(self):
+        """The weights Muon trains: the 2-D matrices inside the transformer blocks (attention and MLP)."""
+        return [name for name, p in self.named_parameters() if name.startswith("transformer.h.") and p.dim() == 2]
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·H·Q·T."""

@@ -152,14 +152,15 @@ def trial_train_config(base: TrainConfig, params: dict, **ray_settings) -> Train
     return apply_overrides(base, overrides)
 
 
-def count_params(n_layer: int, n_embd: int, vocab_size: int, bias: bool = False) -> int:
+def count_params(n_layer: int, n_embd: int, vocab_size: int, bias: bool = False, arch: str = "gpt2") -> int:
     """GPT.get_num_params() of a preset, built on the meta device (no memory, no init)."""
     import torch
 
     from .model import GPT, GPTConfig
 
     with torch.device("meta"):
-        model = GPT(GPTConfig(n_layer=n_layer, n_head=1, n_embd=n_embd, vocab_size=vocab_size, bias=bias, block_size=8))
+        model = GPT(GPTConfig(n_layer=n_layer, n_head=1, n_embd=n_embd, vocab_size=vocab_size, bias=bias, block_size=8,
+                              arch=arch))
     return model.get_num_params()
 
 
@@ -254,7 +255,8 @@ def records_from_results(result_grid, base: TrainConfig) -> list[TrialRecord]:
         trial = (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)
         records.append(TrialRecord(trial=trial, params=params, history=history,
                                    max_iters=int(params.get("max_iters", base.max_iters)),
-                                   n_params=count_params(shape["n_layer"], shape["n_embd"], vocab, base.bias),
+                                   n_params=count_params(shape["n_layer"], shape["n_embd"], vocab, base.bias,
+                                                           params.get("arch", base.arch)),
                                    status="error" if result.error else "done", error=_error_line(result.error)))
     return records
 

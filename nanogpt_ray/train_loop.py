@@ -241,11 +241,11 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime:
     """(model, model_args): from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size."""
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
-        model_args = dict(ckpt["model_args"], gelu=model.config.gelu)  # nanoGPT checkpoints gain the key
+        model_args = dict(ckpt["model_args"], gelu=model.config.gelu, arch=model.config.arch)  # nanoGPT checkpoints gain the keys
     elif cfg.init_from in GPT2_PRESETS or os.path.isdir(cfg.init_from):
         log(runtime, f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "gelu")}
+        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "gelu", "arch")}
         model_args["dropout"] = cfg.dropout
     else:
         model_args = dict(cfg.model_args(), vocab_size=model_vocab_size(meta))
@@ -258,6 +258,10 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime:
 
 def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -> None:
     """Optimizer, scaler and every RNG stream from a checkpoint (the model is loaded separately)."""
+    saved_optimizer = ckpt.get("config", {}).get("optimizer", "adamw")  # nanoGPT's checkpoints: AdamW
+    if saved_optimizer != cfg.optimizer:
+        raise UserError(f"the checkpoint was trained with optimizer={saved_optimizer!r}; resume it with the same "
+                        f"(--optimizer={saved_optimizer}), or start from its weights with a fresh out_dir")
     state.optimizer.load_state_dict(ckpt["optimizer"])
     extra = ckpt.get("resume", {})
     if extra.get("scaler"):
@@ -473,7 +477,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     check_vocab(cfg, splits, model.config.vocab_size)
     state = TrainState(
         model=model,
-        optimizer=model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type),
+        optimizer=model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
+                                             cfg.optimizer, cfg.muon_lr, cfg.muon_momentum),
         scaler=torch.amp.GradScaler(device_type, enabled=(dtype == "float16")),  # loss scaling only for fp16
         generators={k: torch.Generator().manual_seed(cfg.seed + k) for k in my_streams},
         model_args=model_args, meta=dict(device_type=device_type),
@@ -510,8 +515,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     step_time, steps_timed = 0.0, 0  # training time since the last log line (eval and reports left out)
     while True:
         lr = get_lr(state.iter_num, cfg) * state.lr_scale
-        for param_group in state.optimizer.param_groups:
-            param_group["lr"] = lr
+        for param_group in state.optimizer.param_groups:  # Muon's groups keep their ratio to learning_rate
+            param_group["lr"] = lr * param_group.get("lr_ratio", 1.0)
         info = dict(run_info, iter=state.iter_num, resumed_from=state.resumed_from, nan_rollbacks=state.nan_rollbacks)
 
         # evaluate, report and checkpoint at eval_interval and at the end (every rank takes part)

@@ -1,0 +1,164 @@
+"""Time to loss: nanoGPT's recipe against the opt-in modern one (arch=modern, optimizer=muon), on CPU.
+
+    SHAKESPEARE_INPUT=path/to/input.txt .venv/bin/python benchmarks/time_to_loss.py
+    .venv/bin/python benchmarks/time_to_loss.py --sweep_iters=0 --lr_a=1e-3 --lr_b=3e-3 --lr_c=3e-3 --muon_lr_c=0.05
+
+nanoGPT's CPU quick start shape (4 layers, 4 heads, 128 wide, ctx 64, batch 12, no accumulation, dropout 0,
+2000 iterations with the lr decaying over them), char-level tiny Shakespeare prepared into a temporary
+data_root. Three recipes:
+  (a) nanoGPT: arch=gpt2, AdamW        (b) arch=modern, AdamW        (c) arch=modern, Muon (+ AdamW for the rest)
+Each first runs a small sweep: --sweep_iters iterations (the schedule shortened to match) per learning rate,
+bare (no Ray); the lr with the lowest val loss there runs the full --max_iters. Reported: the wall time and
+iteration at which val loss first reaches --target (evaluated every --eval_interval iterations, eval time
+included, as a user waits for it), and val loss at the end.
+
+The recipes run side by side, one process each with --threads torch threads (default 1), so that on a shared,
+busy machine all three see the same load at the same time (the sweep runs first, three at a time, then the
+three full runs together). --parallel=1 runs one at a time instead (then use --threads=0: torch's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nanogpt_ray.config import PrepareConfig, TrainConfig, from_dict  # noqa: E402
+from nanogpt_ray.model import GPT, GPTConfig  # noqa: E402
+from nanogpt_ray.prepare import prepare_shakespeare  # noqa: E402
+from nanogpt_ray.train_loop import Runtime, train  # noqa: E402
+
+QUICKSTART = dict(  # nanoGPT README: train.py config/train_shakespeare_char.py --device=cpu --compile=False ...
+    dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=12, block_size=64, n_layer=4, n_head=4,
+    n_embd=128, dropout=0.0, beta2=0.99, warmup_iters=100, always_save_checkpoint=False, device="cpu",
+    dtype="float32", compile=False, bias=False, num_workers=1, wandb_log=False,
+)
+RECIPES = {  # name: (fixed keys, the lrs the sweep tries as (learning_rate, muon_lr) pairs)
+    "a": (dict(arch="gpt2", optimizer="adamw"), [(5e-4, None), (1e-3, None), (2e-3, None)]),
+    "b": (dict(arch="modern", optimizer="adamw"), [(2e-3, None), (4e-3, None), (8e-3, None)]),
+    "c": (dict(arch="modern", optimizer="muon"), [(4e-3, 0.02), (4e-3, 0.05), (8e-3, 0.05)]),
+}
+TITLES = {"a": "(a) nanoGPT: gpt2 + AdamW", "b": "(b) modern + AdamW", "c": "(c) modern + Muon"}
+
+
+class TimedRuntime(Runtime):
+    """The bare runtime, noting the wall time of every report (evals report val_loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.t0 = time.perf_counter()
+
+    def send(self, metrics, checkpoint_dir):
+        metrics["wall_s"] = time.perf_counter() - self.t0
+
+
+def run(data_root: str, out_dir: str, iters: int, args, **keys) -> list[dict]:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    lr = keys["learning_rate"]
+    cfg = dict(QUICKSTART, data_root=data_root, out_dir=out_dir, max_iters=iters, lr_decay_iters=iters,
+               warmup_iters=min(100, iters // 10), min_lr=lr / 10, eval_interval=args.eval_interval,
+               eval_iters=args.eval_iters, log_interval=args.eval_interval, **keys)
+    runtime = TimedRuntime()
+    train(vars(from_dict(TrainConfig, cfg)), runtime)
+    return [h for h in runtime.history if "val_loss" in h]
+
+
+def lr_keys(lr: float, muon_lr: float | None) -> dict:
+    return dict(learning_rate=lr) if muon_lr is None else dict(learning_rate=lr, muon_lr=muon_lr)
+
+
+def run_job(job: tuple) -> tuple:
+    name, phase, lr, muon_lr, data_root, work, iters, args = job
+    out_dir = os.path.join(work, f"{phase}-{name}-{lr}-{muon_lr}")
+    return name, phase, lr, muon_lr, run(data_root, out_dir, iters, args, **RECIPES[name][0], **lr_keys(lr, muon_lr))
+
+
+def run_jobs(jobs: list[tuple], parallel: int) -> list[tuple]:
+    if parallel <= 1:
+        return [run_job(job) for job in jobs]
+    with multiprocessing.get_context("spawn").Pool(parallel) as pool:
+        return pool.map(run_job, jobs, chunksize=1)
+
+
+def params(arch: str, vocab_size: int = 65) -> int:
+    model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, vocab_size=vocab_size, arch=arch))
+    return sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", default=os.environ.get("SHAKESPEARE_INPUT", ""), help="tiny Shakespeare input.txt")
+    parser.add_argument("--target", type=float, default=1.88)
+    parser.add_argument("--max_iters", type=int, default=2000)
+    parser.add_argument("--sweep_iters", type=int, default=150)
+    parser.add_argument("--eval_interval", type=int, default=100)
+    parser.add_argument("--eval_iters", type=int, default=20)
+    parser.add_argument("--recipes", default="abc")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run; 0 keeps torch's default")
+    parser.add_argument("--parallel", type=int, default=3, help="runs at the same time")
+    for name in RECIPES:
+        parser.add_argument(f"--lr_{name}", type=float, default=None)
+        parser.add_argument(f"--muon_lr_{name}", type=float, default=None)
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="time-to-loss-")
+    data_root = os.path.join(work, "data")
+    prepare_shakespeare(PrepareConfig(dataset="shakespeare_char", data_root=data_root, input=args.input))
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+
+    chosen, sweep_lines = {}, []
+    jobs = []
+    for name in args.recipes:
+        lr = getattr(args, f"lr_{name}")
+        if lr is not None:
+            chosen[name] = (lr, getattr(args, f"muon_lr_{name}"))
+        else:
+            jobs += [(name, "sweep", lr, muon_lr, data_root, work, args.sweep_iters, args) for lr, muon_lr in RECIPES[name][1]]
+    best = {}
+    for name, _, lr, muon_lr, evals in run_jobs(jobs, args.parallel):
+        val = evals[-1]["val_loss"]
+        sweep_lines.append(f"  {TITLES[name]}: lr {lr:g}" + (f", muon_lr {muon_lr:g}" if muon_lr else "") + f" -> val {val:.4f}")
+        if name not in best or val < best[name][0]:
+            best[name] = (val, lr, muon_lr)
+    chosen.update({name: (lr, muon_lr) for name, (_, lr, muon_lr) in best.items()})
+    print("\n".join(sweep_lines), flush=True)
+    print(f"load average before the full runs: {os.getloadavg()[0]:.2f}", flush=True)
+
+    rows = []
+    jobs = [(name, "full", *chosen[name], data_root, work, args.max_iters, args) for name in args.recipes]
+    for name, _, lr, muon_lr, evals in run_jobs(jobs, args.parallel):
+        hit = next((e for e in evals if e["val_loss"] <= args.target), None)
+        rows.append(dict(name=name, lr=lr, muon_lr=muon_lr, params=params(RECIPES[name][0]["arch"]),
+                         iters=hit["iter"] if hit else None, wall_s=hit["wall_s"] if hit else None,
+                         final=evals[-1]["val_loss"], total_s=evals[-1]["wall_s"]))
+        print(rows[-1], flush=True)
+
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    if sweep_lines:
+        print(f"sweep ({args.sweep_iters} iterations per lr, val loss at the end):")
+        print("\n".join(sweep_lines))
+    base = next((r["wall_s"] for r in rows if r["name"] == "a"), None)
+    print(f"\n| recipe | lr | params | iters to {args.target} | wall s to {args.target} | vs (a) | "
+          f"val loss at {args.max_iters} | wall s, {args.max_iters} iters |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lr = f"{r['lr']:g}" + (f" (muon {r['muon_lr']:g})" if r["muon_lr"] else "")
+        reached = r["wall_s"] is not None
+        ratio = f"{r['wall_s'] / base:.2f}x" if reached and base else "-"
+        print(f"| {TITLES[r['name']]} | {lr} | {r['params']:,} | {r['iters'] if reached else 'not reached'} | "
+              f"{r['wall_s']:.0f} | {ratio} | {r['final']:.4f} | {r['total_s']:.0f} |" if reached else
+              f"| {TITLES[r['name']]} | {lr} | {r['params']:,} | not reached | - | - | {r['final']:.4f} | {r['total_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
