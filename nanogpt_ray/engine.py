@@ -50,6 +50,7 @@ class KVCache:
         cache.keys = [t[:batch_size] for t in store[0]]
         cache.values = [t[:batch_size] for t in store[1]]
         cache.length = length
+        cache.dropped = 0  # the batcher keeps every row's positions itself (passed to the model each step)
         return cache
 
     @classmethod

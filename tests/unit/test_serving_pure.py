@@ -242,3 +242,26 @@ def test_serve_help_lists_its_keys_and_a_missing_checkpoint_is_one_line_exit_2(t
     assert cli.main(["serve", f"--out_dir={tmp_path / 'nothing'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no checkpoint" in err
+
+
+def test_a_modern_rotary_model_serves_the_same_tokens_as_generate():
+    # the recipe's flavour behind the same batcher: rotary positions of rows that join mid-decode must still
+    # be their positions in their own text
+    torch.manual_seed(2)
+    modern = GPT(GPTConfig(block_size=BLOCK, vocab_size=len(TEXT), n_layer=2, n_head=2, n_embd=32, bias=False,
+                           arch="modern")).eval()
+    with torch.no_grad():  # the recipe zero-initialises the head and projections: give those real weights
+        for p in modern.parameters():
+            if not p.any():
+                p.copy_(torch.randn_like(p) * 0.1)
+    prompts, lengths = [[1, 2, 3], [5] * 12, [7, 8, 9, 10]], [20, 8, 15]
+    batcher = ContinuousBatcher(modern, max_batch_size=2)
+    rows = [Collect() for _ in prompts]
+    batcher.submit(Sequence(prompts[0], lengths[0], rows[0].on_token, rows[0].on_finish, temperature=0))
+    batcher.step()
+    for p, n, r in list(zip(prompts, lengths, rows))[1:]:
+        batcher.submit(Sequence(p, n, r.on_token, r.on_finish, temperature=0))
+    run_until_idle(batcher)
+    for p, n, r in zip(prompts, lengths, rows):
+        expected = generate(modern, torch.tensor([p]), n, top_k=1)[0, len(p):].tolist()
+        assert r.tokens == expected and len(set(expected)) > 1
