@@ -50,7 +50,7 @@ def prepare_data(data_root: pathlib.Path) -> None:
 
 def run(name: str, command: list[str], iters: int) -> dict:
     """Run one command, reading its log as it comes: first-step time, per-iteration times, final val loss."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always a fresh local cluster
+    env = dict(os.environ, RAY_ADDRESS="local")  # always a fresh local cluster, never one already running here
     t0 = time.time()
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first_step, step_ms, val_loss, startup, tail = None, [], None, [], []

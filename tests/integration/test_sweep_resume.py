@@ -83,7 +83,8 @@ def kill_session(session_id: int) -> None:
 
 
 def sweep_cli(args, log_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, not the test's
+    # RAY_ADDRESS=local: its own local Ray, never the test's nor one another program started on this machine
+    env = dict(os.environ, RAY_ADDRESS="local")
     env.update(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.1", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     log = open(log_path, "ab")
     return subprocess.Popen([sys.executable, "-m", "jobs.tune", *args], cwd=REPO_ROOT, env=env, stdout=log,
