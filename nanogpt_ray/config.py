@@ -36,6 +36,7 @@ never targets, so the model learns to give them no probability."""
 
 Dtype = typing.Literal["auto", "float32", "bfloat16", "float16"]
 Backend = typing.Literal["auto", "nccl", "gloo"]
+Parallelism = typing.Literal["ddp", "fsdp"]
 PlacementStrategy = typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 DTYPES = typing.get_args(Dtype)
 BACKENDS = typing.get_args(Backend)
@@ -178,6 +179,9 @@ class TrainConfig:
     # system
     backend: Backend = "auto"
     """DDP backend; 'auto' is nccl with GPUs and gloo without (nanoGPT hard-codes nccl)."""
+    parallelism: Parallelism = "ddp"
+    """'ddp': every worker holds the whole model; 'fsdp': FSDP2 shards parameters, gradients and optimizer
+    state over the workers (for models whose training state does not fit on one device; see the README)."""
     device: str = "auto"
     """'auto' picks cuda when the worker has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
@@ -227,6 +231,9 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.max_iters < 0:
             raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
+        if self.parallelism == "fsdp" and self.dtype == "float16":
+            raise ConfigError("parallelism='fsdp' does not support dtype='float16' (it needs loss scaling); "
+                              "pass --dtype=bfloat16 (or float32), or --parallelism=ddp")
         if not 0 < self.nan_lr_scale <= 1:
             raise ConfigError(f"nan_lr_scale={self.nan_lr_scale} must be in (0, 1]")
         if not 0 <= self.dropout < 1:
