@@ -192,7 +192,15 @@ class TrainConfig:
     """Base seed; worker r uses seed + r, as nanoGPT's seed_offset."""
     # Ray
     num_workers: int = 1
-    """Ray Train workers (DDP ranks)."""
+    """Ray Train workers (DDP ranks); min_workers/max_workers make the group elastic instead."""
+    min_workers: int = 0
+    """Elastic training (with max_workers; 0 = a fixed num_workers): Ray Train runs between min_workers and
+    max_workers workers as the cluster's nodes come and go, restarting from the latest checkpoint at each
+    change; tokens per iteration stay the same (each worker's micro-steps are recomputed)."""
+    max_workers: int = 0
+    """Elastic training's upper bound (see min_workers)."""
+    elastic_resize_interval_s: float = 60.0
+    """Elastic training: how often Ray Train looks for room to grow the worker group."""
     use_gpu: bool | None = None
     """One GPU per worker; None means yes when the cluster has GPUs."""
     cpus_per_worker: float = 0.0
@@ -238,11 +246,22 @@ class TrainConfig:
             raise ConfigError(f"nan_lr_scale={self.nan_lr_scale} must be in (0, 1]")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.gradient_accumulation_steps % self.num_workers != 0:
-            raise ConfigError(
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide by num_workers={self.num_workers}: "
-                "it is the global number of micro-steps per iteration, as in nanoGPT"
-            )
+        if (self.min_workers or self.max_workers) and not 1 <= self.min_workers <= self.max_workers:
+            raise ConfigError(f"min_workers={self.min_workers}, max_workers={self.max_workers}: elastic training needs "
+                              "1 <= min_workers <= max_workers (or both 0 for a fixed num_workers)")
+        for n in self.worker_counts():
+            if self.gradient_accumulation_steps % n != 0:
+                what = f"num_workers={n}" if not self.is_elastic() else (
+                    f"every worker count from min_workers={self.min_workers} to max_workers={self.max_workers} ({n} does not)")
+                raise ConfigError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide by {what}: "
+                                  "it is the global number of micro-steps per iteration, as in nanoGPT")
+
+    def is_elastic(self) -> bool:
+        return self.max_workers > 0
+
+    def worker_counts(self) -> range:
+        """Every worker count the run may train on."""
+        return range(self.min_workers, self.max_workers + 1) if self.is_elastic() else range(self.num_workers, self.num_workers + 1)
 
     def tokens_per_iter(self) -> int:
         """Global tokens per optimizer step, independent of num_workers."""

@@ -254,6 +254,11 @@ def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -
     elif streams:
         log(runtime, "checkpoint has a different gradient_accumulation_steps: the batch stream restarts")
     rank, world_size = runtime.rank, runtime.world_size
+    saved_workers = extra.get("num_workers", world_size)
+    if saved_workers != world_size:  # an elastic resize, or a resume on another worker count
+        log(runtime, f"workers {saved_workers} -> {world_size}: micro-steps per worker "
+                     f"{cfg.gradient_accumulation_steps // saved_workers} -> {cfg.gradient_accumulation_steps // world_size}, "
+                     "tokens per iteration unchanged")
     torch_rng = extra.get("torch_rng", [])
     if len(torch_rng) == world_size:  # dropout RNGs only carry over with the same worker count
         torch.set_rng_state(torch_rng[rank])
