@@ -36,6 +36,7 @@ never targets, so the model learns to give them no probability."""
 
 Dtype = typing.Literal["auto", "float32", "bfloat16", "float16"]
 Backend = typing.Literal["auto", "nccl", "gloo"]
+Parallelism = typing.Literal["ddp", "fsdp"]
 PlacementStrategy = typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 Arch = typing.Literal["gpt2", "modern"]
 DTYPES = typing.get_args(Dtype)
@@ -194,6 +195,9 @@ class TrainConfig:
     # system
     backend: Backend = "auto"
     """DDP backend; 'auto' is nccl with GPUs and gloo without (nanoGPT hard-codes nccl)."""
+    parallelism: Parallelism = "ddp"
+    """'ddp': every worker holds the whole model; 'fsdp': FSDP2 shards parameters, gradients and optimizer
+    state over the workers (for models whose training state does not fit on one device; see the README)."""
     device: str = "auto"
     """'auto' picks cuda when the worker has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
@@ -204,7 +208,15 @@ class TrainConfig:
     """Base seed; worker r uses seed + r, as nanoGPT's seed_offset."""
     # Ray
     num_workers: int = 1
-    """Ray Train workers (DDP ranks)."""
+    """Ray Train workers (DDP ranks); min_workers/max_workers make the group elastic instead."""
+    min_workers: int = 0
+    """Elastic training (with max_workers; 0 = a fixed num_workers): Ray Train runs between min_workers and
+    max_workers workers as the cluster's nodes come and go, restarting from the latest checkpoint at each
+    change; tokens per iteration stay the same (each worker's micro-steps are recomputed)."""
+    max_workers: int = 0
+    """Elastic training's upper bound (see min_workers)."""
+    elastic_resize_interval_s: float = 60.0
+    """Elastic training: how often Ray Train looks for room to grow the worker group."""
     use_gpu: bool | None = None
     """One GPU per worker; None means yes when the cluster has GPUs."""
     cpus_per_worker: float = 0.0
@@ -245,6 +257,9 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.max_iters < 0:
             raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
+        if self.parallelism == "fsdp" and self.dtype == "float16":
+            raise ConfigError("parallelism='fsdp' does not support dtype='float16' (it needs loss scaling); "
+                              "pass --dtype=bfloat16 (or float32), or --parallelism=ddp")
         if not 0 < self.nan_lr_scale <= 1:
             raise ConfigError(f"nan_lr_scale={self.nan_lr_scale} must be in (0, 1]")
         if not 0 <= self.dropout < 1:
@@ -252,11 +267,25 @@ class TrainConfig:
         _check_arch(self.arch, self.bias)
         if self.muon_lr <= 0:
             raise ConfigError(f"muon_lr={self.muon_lr} must be > 0")
-        if self.gradient_accumulation_steps % self.num_workers != 0:
-            raise ConfigError(
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide by num_workers={self.num_workers}: "
-                "it is the global number of micro-steps per iteration, as in nanoGPT"
-            )
+        if self.optimizer == "muon" and self.parallelism == "fsdp":
+            raise ConfigError("optimizer='muon' needs each weight matrix whole, and parallelism='fsdp' shards them; "
+                              "use --parallelism=ddp with Muon, or --optimizer=adamw with FSDP")
+        if (self.min_workers or self.max_workers) and not 1 <= self.min_workers <= self.max_workers:
+            raise ConfigError(f"min_workers={self.min_workers}, max_workers={self.max_workers}: elastic training needs "
+                              "1 <= min_workers <= max_workers (or both 0 for a fixed num_workers)")
+        for n in self.worker_counts():
+            if self.gradient_accumulation_steps % n != 0:
+                what = f"num_workers={n}" if not self.is_elastic() else (
+                    f"every worker count from min_workers={self.min_workers} to max_workers={self.max_workers} ({n} does not)")
+                raise ConfigError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide by {what}: "
+                                  "it is the global number of micro-steps per iteration, as in nanoGPT")
+
+    def is_elastic(self) -> bool:
+        return self.max_workers > 0
+
+    def worker_counts(self) -> range:
+        """Every worker count the run may train on."""
+        return range(self.min_workers, self.max_workers + 1) if self.is_elastic() else range(self.num_workers, self.num_workers + 1)
 
     def tokens_per_iter(self) -> int:
         """Global tokens per optimizer step, independent of num_workers."""

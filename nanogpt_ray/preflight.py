@@ -168,13 +168,16 @@ def check_placement(cfg: TrainConfig, nodes: list[dict]) -> tuple[TrainConfig, b
     """(cfg with cpus_per_worker decided, use_gpu); fails when the workers can never all be placed on these
     (alive) nodes."""
     use_gpu = resolve_use_gpu(cfg, sum(n.get("Resources", {}).get("GPU", 0) for n in nodes))
+    # elastic runs must be able to start with min_workers; cpus_per_worker is sized for all max_workers
+    num_workers = cfg.min_workers if cfg.is_elastic() else cfg.num_workers
     if not cfg.cpus_per_worker:
-        cpus = default_cpus_per_worker(nodes, cfg.num_workers, cfg.placement_strategy, use_gpu)
+        cpus = default_cpus_per_worker(nodes, max(cfg.worker_counts()), cfg.placement_strategy, use_gpu)
         cfg = dataclasses.replace(cfg, cpus_per_worker=cpus)
     need = worker_resources(cfg, use_gpu)
     can_hold = max_placeable_workers(nodes, need, cfg.placement_strategy)
-    if cfg.num_workers > can_hold:
-        raise LaunchError(f"num_workers={cfg.num_workers} but the Ray cluster ({len(nodes)} node(s)) can hold at most "
+    if num_workers > can_hold:
+        name = "min_workers" if cfg.is_elastic() else "num_workers"
+        raise LaunchError(f"{name}={num_workers} but the Ray cluster ({len(nodes)} node(s)) can hold at most "
                           f"{can_hold} worker(s) needing {need} each with placement_strategy={cfg.placement_strategy}; "
                           "lower num_workers or cpus_per_worker, or add nodes")
     return cfg, use_gpu

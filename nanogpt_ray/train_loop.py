@@ -45,6 +45,7 @@ from .device import autocast_context, choose_device, default_peak_flops, enable_
 from .files import move_into_place, remove_stale_partials, temp_name_beside
 from .hf import from_pretrained
 from .model import GPT, GPTConfig
+from .parallel import data_parallel, full_state, is_sharded, load_full_state, set_grad_sync, shard_model, unwrap_ddp
 from .tokenizer import model_vocab_size, read_meta
 
 INJECT_NAN_ENV = "NANOGPT_RAY_INJECT_NAN_AT_ITER"
@@ -262,7 +263,7 @@ def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -
     if saved_optimizer != cfg.optimizer:
         raise UserError(f"the checkpoint was trained with optimizer={saved_optimizer!r}; resume it with the same "
                         f"(--optimizer={saved_optimizer}), or start from its weights with a fresh out_dir")
-    state.optimizer.load_state_dict(ckpt["optimizer"])
+    load_full_state(state.model, state.optimizer, None, ckpt["optimizer"])  # under FSDP: each rank's shard
     extra = ckpt.get("resume", {})
     if extra.get("scaler"):
         state.scaler.load_state_dict(extra["scaler"])
@@ -273,6 +274,11 @@ def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -
     elif streams:
         log(runtime, "checkpoint has a different gradient_accumulation_steps: the batch stream restarts")
     rank, world_size = runtime.rank, runtime.world_size
+    saved_workers = extra.get("num_workers", world_size)
+    if saved_workers != world_size:  # an elastic resize, or a resume on another worker count
+        log(runtime, f"workers {saved_workers} -> {world_size}: micro-steps per worker "
+                     f"{cfg.gradient_accumulation_steps // saved_workers} -> {cfg.gradient_accumulation_steps // world_size}, "
+                     "tokens per iteration unchanged")
     torch_rng = extra.get("torch_rng", [])
     if len(torch_rng) == world_size:  # dropout RNGs only carry over with the same worker count
         torch.set_rng_state(torch_rng[rank])
@@ -288,11 +294,12 @@ def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> di
     torch_rng = all_gather(torch.get_rng_state(), world_size)
     on_cuda = state.meta["device_type"] == "cuda"
     cuda_rng = all_gather(torch.cuda.get_rng_state() if on_cuda else torch.empty(0, dtype=torch.uint8), world_size)
+    model_sd, optim_sd = full_state(state.model, state.optimizer)  # FSDP: every rank sends its shards to rank 0
     if runtime.rank != 0:
         return None
     return {
-        "model": clean_state_dict(state.model.state_dict()),
-        "optimizer": state.optimizer.state_dict(),
+        "model": clean_state_dict(model_sd),
+        "optimizer": optim_sd,
         "model_args": state.model_args,
         "iter_num": state.iter_num,
         "best_val_loss": float(state.best_val_loss),
@@ -359,7 +366,7 @@ def rollback(state: TrainState, cfg: TrainConfig, runtime: Runtime, bad_iter: in
         raise NonFiniteLossError(f"loss is not finite at iteration {bad_iter} and there is no checkpoint to roll back to; "
                                  "lower learning_rate or check the data")
     ckpt = load_checkpoint(source, map_location="cpu")
-    state.model.load_state_dict(clean_state_dict(ckpt["model"]))
+    load_full_state(state.model, None, clean_state_dict(ckpt["model"]), None)
     restore(state, ckpt, cfg, runtime)
     state.iter_num, state.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
     state.optimizer.zero_grad(set_to_none=True)
@@ -370,15 +377,20 @@ def estimate_loss(model, cfg: TrainConfig, splits: dict, ctx, device: str, runti
     """Mean loss over eval_iters fixed batches per split; batch j runs on rank j % world_size."""
     out = {}
     model.eval()
+    ws = runtime.world_size
+    # FSDP's forward all-gathers each block's weights, a collective: every rank must run as many forwards, so
+    # ranks past the last batch run a spare one that is not counted
+    stop = -(-cfg.eval_iters // ws) * ws if is_sharded(model) else cfg.eval_iters
     for split, data in splits.items():
         totals = torch.zeros(2, dtype=torch.float64, device=device)
-        for j in range(runtime.rank, cfg.eval_iters, runtime.world_size):
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "val" else 0) * 7_919 + j)
+        for j in range(runtime.rank, stop, ws):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "val" else 0) * 7_919 + j % cfg.eval_iters)
             X, Y = get_batch(data, cfg.batch_size, cfg.block_size, g, device)
             with ctx:
                 _, loss = model(X, Y)
-            totals[0] += loss.double()
-            totals[1] += 1
+            if j < cfg.eval_iters:
+                totals[0] += loss.double()
+                totals[1] += 1
         all_reduce_sum(totals, runtime.world_size)
         out[split] = (totals[0] / totals[1]).item()
     model.train()
@@ -394,7 +406,8 @@ def setup_device(cfg: TrainConfig, runtime: Runtime):
         enable_tf32()
     dtype = resolve_dtype(cfg.dtype, device)
     threads = runtime.cpu_threads(cfg.cpus_per_worker) if device_type == "cpu" else torch.get_num_threads()
-    log(runtime, f"{runtime.world_size} worker(s), {threads} CPU thread(s) each, device {device}, dtype {dtype}")
+    log(runtime, f"{runtime.world_size} worker(s), {threads} CPU thread(s) each, device {device}, dtype {dtype}, "
+                 f"{cfg.parallelism if runtime.world_size > 1 else 'no'} parallelism")
     return device, device_type, dtype, autocast_context(device, dtype), threads
 
 
@@ -475,6 +488,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     model, model_args = build_model(cfg, ckpt, meta, runtime)
     model.to(device)
     check_vocab(cfg, splits, model.config.vocab_size)
+    model = shard_model(model, cfg.parallelism, world_size, device, dtype)  # FSDP2: before the optimizer sees it
     state = TrainState(
         model=model,
         optimizer=model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
@@ -497,13 +511,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     if cfg.compile:
         log(runtime, "compiling the model... (takes a ~minute)")
         model = torch.compile(model)
-    if world_size > 1:
-        # the process group is up already (TorchTrainer or torchrun started it: gloo on CPU, nccl on GPUs)
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        device_index = torch.device(device).index
-        model = DDP(model, device_ids=[device_index] if device_type == "cuda" and device_index is not None else None)
-    eval_model = model.module if world_size > 1 else model
+    model = data_parallel(model, world_size, device)  # DDP with several workers, unless FSDP sharded it
+    eval_model = unwrap_ddp(model)
     wandb_run = init_wandb(cfg, state, runtime)
     run_info = dict(node_ids=sorted(set(all_gather(runtime.node_id(), world_size))), world_size=world_size,
                     node_id=runtime.node_id(), tokens_per_iter=tokens_per_iter, cpu_threads=threads)
@@ -551,15 +560,13 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         streams = iter(my_streams)
         X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)
         for micro_step in range(m):
-            if world_size > 1:
-                # no all-reduce until the last micro-step: one gradient sync per iteration, not m
-                model.require_backward_grad_sync = micro_step == m - 1
+            set_grad_sync(model, micro_step == m - 1)  # one gradient sync per iteration (not m), on the last
             with ctx:
                 _, loss = model(X, Y)
                 if nan_hook and master_process and micro_step == 0 and nan_hook.fires(state.iter_num, X):
                     loss = loss * float("nan")  # test hook (NANOGPT_RAY_INJECT_NAN_AT_ITER)
                 loss_sum += loss.detach().double()
-                loss = loss / m  # DDP averages over ranks, so the gradient is the mean over all micro-steps
+                loss = loss / m  # DDP and FSDP average over ranks, so the gradient is the mean over all micro-steps
             if micro_step < m - 1:
                 # fetch the next micro-batch while the accelerator is still busy with this backward pass
                 X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)

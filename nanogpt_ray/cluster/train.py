@@ -151,6 +151,15 @@ def check_cluster(cfg: TrainConfig) -> tuple[TrainConfig, bool]:
     return check_placement(cfg, [n for n in ray.nodes() if n.get("Alive")])
 
 
+def scaling_config(cfg: TrainConfig, use_gpu: bool, resources: dict) -> ScalingConfig:
+    """A fixed num_workers, or Ray Train's elastic (min, max) range: on a lost node the group restarts smaller
+    from the latest checkpoint; when nodes return, it grows back (checked every elastic_resize_interval_s)."""
+    elastic = dict(num_workers=(cfg.min_workers, cfg.max_workers),  # <- Ray: elastic worker group
+                   elastic_resize_monitor_interval_s=cfg.elastic_resize_interval_s)
+    return ScalingConfig(**(elastic if cfg.is_elastic() else dict(num_workers=cfg.num_workers)), use_gpu=use_gpu,
+                         resources_per_worker=resources, placement_strategy=cfg.placement_strategy)
+
+
 def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None, worker_fn=train_loop_per_worker,
                   loop_config: dict | None = None) -> TorchTrainer:
     """The run's TorchTrainer. `callbacks` are Ray Train UserCallbacks (the sweep passes TuneReportCallback);
@@ -163,8 +172,7 @@ def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None
         worker_fn,
         train_loop_config=loop_config or to_dict(cfg),  # a plain dict; the worker's first line makes it a TrainConfig
         torch_config=TorchConfig(backend=backend),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
-                                     placement_strategy=cfg.placement_strategy),
+        scaling_config=scaling_config(cfg, use_gpu, resources),
         run_config=RunConfig(
             name=cfg.resolved_run_name(),  # deterministic: rerunning the same out_dir resumes the run
             storage_path=cfg.resolved_storage_path(),
@@ -186,7 +194,8 @@ def launch(cfg: TrainConfig):
     with ray_session(cfg.address):
         mark_startup(cfg, Runtime(), "Ray up (checks done)")
         cfg, use_gpu = check_cluster(cfg)
-        print(f"tokens per iteration: {cfg.tokens_per_iter():,} on {cfg.num_workers} worker(s) "
+        workers = f"{cfg.min_workers}..{cfg.max_workers} (elastic)" if cfg.is_elastic() else cfg.num_workers
+        print(f"tokens per iteration: {cfg.tokens_per_iter():,} on {workers} worker(s) "
               f"({'GPU' if use_gpu else f'CPU, {cfg.cpus_per_worker:g} each'}); run {cfg.resolved_run_name()!r} "
               f"in {cfg.resolved_storage_path()}", flush=True)
         if cfg.init_from != "resume" and run_has_checkpoint(cfg):

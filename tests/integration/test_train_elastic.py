@@ -1,0 +1,96 @@
+"""FSDP and elastic worker groups under Ray Train on two real Ray nodes (ray.cluster_utils.Cluster, 1 CPU each).
+
+Order matters (one module-scoped cluster): the FSDP run uses both nodes as they are; the elastic run then
+removes one node mid-run and adds one back."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from nanogpt_ray.checkpoint import CKPT_NAME
+from nanogpt_ray.cluster.train import launch as train
+from nanogpt_ray.cluster.train import scaling_config
+from nanogpt_ray.config import TrainConfig, from_dict
+from tests.train_data import make_dataset, tiny_config
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root)  # on a real cluster data_root is shared storage; here both nodes see /tmp
+    return root
+
+
+@pytest.fixture(autouse=True)
+def fast_reports(monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+
+
+@pytest.mark.timeout(240)
+def test_fsdp_on_two_ray_workers_matches_the_plain_loop(ray_cluster_2_nodes, data_root, tmp_path):
+    from nanogpt_ray.train_loop import run_bare
+
+    cfg = from_dict(TrainConfig, tiny_config(data_root, tmp_path / "fsdp", num_workers=2, max_iters=10,
+                                             parallelism="fsdp", cpus_per_worker=1))
+    result = train(cfg)
+    assert result.metrics["world_size"] == 2 and result.metrics["iter"] == 10
+    one = run_bare(from_dict(TrainConfig, tiny_config(data_root, tmp_path / "one", max_iters=10)))
+    assert abs(one.history[-1]["val_loss"] - result.metrics["val_loss"]) <= 1e-4  # 1 worker x 2 micro-steps
+    ckpt = torch.load(tmp_path / "fsdp" / CKPT_NAME, weights_only=True)
+    assert ckpt["iter_num"] == 10 and ckpt["config"]["parallelism"] == "fsdp"
+
+
+def test_elastic_bounds_become_rays_elastic_scaling_config(data_root, tmp_path):
+    cfg = from_dict(TrainConfig, tiny_config(data_root, tmp_path, min_workers=1, max_workers=2, elastic_resize_interval_s=3))
+    scaling = scaling_config(cfg, False, {"CPU": 1})
+    assert scaling.elasticity_enabled and (scaling.min_workers, scaling.max_workers) == (1, 2)
+    assert scaling.elastic_resize_monitor_interval_s == 3
+
+
+def _saved(out_dir) -> tuple[int, int]:
+    """(iteration, worker count) of out_dir/ckpt.pt, or (-1, 0)."""
+    try:
+        ckpt = torch.load(out_dir / CKPT_NAME, weights_only=True)
+    except Exception:  # not written yet
+        return -1, 0
+    return ckpt["iter_num"], ckpt["resume"]["num_workers"]
+
+
+def _wait_for(predicate, timeout_s: float, what: str, out_dir) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; (iteration, workers) saved: {_saved(out_dir)}")
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(600)
+def test_elastic_run_shrinks_when_a_node_goes_and_grows_when_one_comes(ray_cluster_2_nodes, data_root, tmp_path):
+    cluster = ray_cluster_2_nodes
+    out_dir = tmp_path / "elastic"
+    cfg = from_dict(TrainConfig, tiny_config(
+        data_root, out_dir, min_workers=1, max_workers=2, cpus_per_worker=1, max_iters=1500, eval_interval=20,
+        log_interval=20, eval_iters=2, max_failures=5, num_checkpoints_to_keep=200, elastic_resize_interval_s=2,
+        n_embd=64, block_size=64))
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=train(cfg)), daemon=True)
+    runner.start()
+    _wait_for(lambda: _saved(out_dir)[0] >= 40 and _saved(out_dir)[1] == 2, 240, "two workers to save", out_dir)
+    cluster.remove_node(next(iter(cluster.worker_nodes)))
+    removed_at = _saved(out_dir)[0]
+    _wait_for(lambda: _saved(out_dir)[1] == 1 and _saved(out_dir)[0] >= removed_at + 40, 240, "one worker to save", out_dir)
+    cluster.add_node(num_cpus=1)
+    runner.join(timeout=300)  # it grows back to two workers within elastic_resize_interval_s and a restart
+    assert not runner.is_alive() and "result" in outcome
+    result = outcome["result"]
+    assert result.metrics["iter"] == 1500
+    reports = sorted((metrics for _, metrics in result.best_checkpoints), key=lambda m: m["iter"])
+    worlds = [m["world_size"] for m in reports]
+    first_one = worlds.index(1)
+    assert 2 in worlds[:first_one] and 2 in worlds[first_one:], worlds  # two, then one, then two again
+    assert {m["tokens_per_iter"] for m in reports} == {cfg.tokens_per_iter()}
+    assert _saved(out_dir) == (1500, worlds[-1])
