@@ -242,6 +242,9 @@ class TrainConfig:
     """Multiply the learning rate by this after each rollback (e.g. 0.5 when the lr caused it); 1 keeps it."""
     address: str = ""
     """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
+    report_interval: int = 0
+    """Iterations between metrics-only reports to Ray Train (each is a barrier of ~0.1 s); 0 reports to Ray at
+    evaluations and checkpoints only. Log lines print every log_interval regardless."""
     verbose: bool = False
     """Print where the seconds go from the command to the first step (imports, Ray, workers, data, model, eval)."""
 
@@ -252,6 +255,8 @@ class TrainConfig:
         _check_init_from(self.init_from, ("scratch", "resume"))
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker={self.cpus_per_worker} must be >= 0 (0 picks it from the cluster)")
+        if self.report_interval < 0:
+            raise ConfigError(f"report_interval={self.report_interval} must be >= 0 (0 reports at evaluations only)")
         for key in ("gradient_accumulation_steps", "batch_size", "num_workers", "eval_iters", "log_interval", "eval_interval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
