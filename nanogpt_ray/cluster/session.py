@@ -59,7 +59,7 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
     kwargs = {}
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": env_vars}
-    if not address and include_dashboard is not None:
+    if address in ("", "local") and include_dashboard is not None:  # a cluster started here
         kwargs["include_dashboard"] = include_dashboard
     try:
         ray.init(address=address or None, log_to_driver=log_to_driver, **kwargs)  # None: a new local cluster

@@ -199,7 +199,7 @@ def launch(cfg: TrainConfig):
     check_local(cfg)
     # the Train controller reads this from the driver's environment (and passes it on to the workers)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
-    with ray_session(cfg.address):
+    with ray_session(cfg.address, include_dashboard=cfg.dashboard):
         mark_startup(cfg, Runtime(), "Ray up (checks done)")
         cfg, use_gpu = check_cluster(cfg)
         workers = f"{cfg.min_workers}..{cfg.max_workers} (elastic)" if cfg.is_elastic() else cfg.num_workers
