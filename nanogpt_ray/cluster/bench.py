@@ -30,7 +30,7 @@ from ..bench import (
 )
 from ..config import PADDED_VOCAB_SIZE, BenchConfig, UserError, to_dict
 from ..train_loop import train
-from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session
+from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, wait_until_ready
 from .train import RayRuntime, build_trainer, check_cluster
 
 # ----------------------------------------------------------------------------- every node
@@ -75,12 +75,7 @@ def bench_cluster(cfg: BenchConfig, ready_timeout_s: float = 300.0) -> list[dict
             for plan in plans
         ]
         try:
-            # an actor the node cannot place (its CPUs or GPUs held by others) would wait forever
-            ready, pending = ray.wait([a.ready.remote() for a in actors], num_returns=len(actors),
-                                      timeout=ready_timeout_s)
-            if pending:
-                raise BenchError(f"{len(pending)} of {len(actors)} benchmark actors could not start within "
-                                 f"{ready_timeout_s:.0f} s: their nodes' CPUs/GPUs are held by other work")
+            wait_until_ready(actors, ready_timeout_s, "their nodes' CPUs/GPUs are held by other work (benchmark actors)")
             print(f"benchmarking on {len(actors)} actor(s) over {len({p['node_id'] for p in plans})} node(s)...",
                   flush=True)
             refs = [a.run.remote(bench_config_dict(cfg, device=plan["device"])) for a, plan in zip(actors, plans)]

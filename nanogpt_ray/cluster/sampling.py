@@ -37,7 +37,7 @@ from ..batch_sampling import (
 )
 from ..config import SampleConfig, UserError, from_dict, to_dict
 from ..sample import load_sampler
-from .session import ClusterError, connect, ray_session
+from .session import ClusterError, connect, ray_session, wait_until_ready
 
 MAX_BATCH_ATTEMPTS = 3  # a batch whose actor died this many times gets an error on each row instead
 ACTOR_MAX_RESTARTS = 2  # Ray restarts a crashed sampler this often before it is given up
@@ -102,12 +102,8 @@ def start_sampler_actors(cfg: SampleConfig, ready_timeout_s: float = 300.0) -> l
     config = _sampler_config(cfg)
     actors = [SamplerActor.options(**options).remote(config) for _ in range(num_actors)]
     try:
-        ready, pending = ray.wait([a.ready.remote() for a in actors], num_returns=len(actors),
-                                  timeout=ready_timeout_s)
-        if pending:
-            raise ClusterError(f"{len(pending)} of {num_actors} sampling actors could not start within "
-                             f"{ready_timeout_s:.0f} s: the cluster lacks {options} for each (use --num_actors)")
-        for info in ray.get(ready):
+        for info in wait_until_ready(actors, ready_timeout_s,
+                                     f"the cluster lacks {options} for each sampling actor (use --num_actors)"):
             if info["error"]:
                 raise ClusterError(info["error"])
     except BaseException:

@@ -70,6 +70,15 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
     return True
 
 
+def wait_until_ready(actors: list, timeout_s: float, why_not: str) -> list:
+    """ray.get of every actor's ready(); an actor the cluster cannot place would wait forever, so after
+    timeout_s that is one line: 'N of M actors could not start within T s: <why_not>'."""
+    ready, pending = ray.wait([a.ready.remote() for a in actors], num_returns=len(actors), timeout=timeout_s)
+    if pending:
+        raise ClusterError(f"{len(pending)} of {len(actors)} actors could not start within {timeout_s:.0f} s: {why_not}")
+    return ray.get(ready)
+
+
 @contextmanager
 def ray_session(address: str = "", **connect_kwargs):
     """connect(), and ray.shutdown() on the way out if this session started Ray."""
