@@ -1,20 +1,22 @@
 """Time to loss: nanoGPT's recipe against the opt-in modern one (arch=modern, optimizer=muon), on CPU.
 
     SHAKESPEARE_INPUT=path/to/input.txt .venv/bin/python benchmarks/time_to_loss.py
-    .venv/bin/python benchmarks/time_to_loss.py --sweep_iters=0 --lr_a=1e-3 --lr_b=3e-3 --lr_c=3e-3 --muon_lr_c=0.05
+    .venv/bin/python benchmarks/time_to_loss.py --sweep_iters=0 --lr_a=1e-3 --lr_b=3e-3 --lr_c=4e-3 --muon_lr_c=0.05
 
-nanoGPT's CPU quick start shape (4 layers, 4 heads, 128 wide, ctx 64, batch 12, no accumulation, dropout 0,
-2000 iterations with the lr decaying over them), char-level tiny Shakespeare prepared into a temporary
-data_root. Three recipes:
+nanoGPT's CPU quick start shape (4 layers, 4 heads, 128 wide, ctx 64, batch 12, no accumulation, dropout 0),
+char-level tiny Shakespeare prepared into a temporary data_root. Three recipes:
   (a) nanoGPT: arch=gpt2, AdamW        (b) arch=modern, AdamW        (c) arch=modern, Muon (+ AdamW for the rest)
-Each first runs a small sweep: --sweep_iters iterations (the schedule shortened to match) per learning rate,
-bare (no Ray); the lr with the lowest val loss there runs the full --max_iters. Reported: the wall time and
-iteration at which val loss first reaches --target (evaluated every --eval_interval iterations, eval time
-included, as a user waits for it), and val loss at the end.
-
-The recipes run side by side, one process each with --threads torch threads (default 1), so that on a shared,
-busy machine all three see the same load at the same time (the sweep runs first, three at a time, then the
-three full runs together). --parallel=1 runs one at a time instead (then use --threads=0: torch's default).
+1. Learning rate: each recipe first runs a small sweep, --sweep_iters iterations per lr (the schedule shortened
+   to match), bare (no Ray); the lr with the lowest val loss there is the recipe's lr.
+2. Training budget: a cosine schedule only anneals by the end of its run, so how many iterations a run is planned
+   for decides when it reaches a loss. Each recipe runs once per budget in --budgets_<name> (max_iters and
+   lr_decay_iters both set to it; nanoGPT's own 2000 is always one of them), and its time to loss is the fastest
+   of its budgets. Every recipe gets the same choice, nanoGPT's included.
+Reported: the wall time and iteration at which val loss first reaches --target (evaluated every --eval_interval
+iterations, eval time included, as a person waits for it), for every budget; the best per recipe against (a)'s
+best; val loss at 2000 iterations (from the 2000 budget).
+By default runs go one at a time with torch's default threads, as a person runs nanoGPT; on a shared, busy
+machine --parallel=3 --threads=1 runs the recipes side by side so that all three see the same load.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import multiprocessing
 import os
 import pathlib
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +48,7 @@ RECIPES = {  # name: (fixed keys, the lrs the sweep tries as (learning_rate, muo
     "b": (dict(arch="modern", optimizer="adamw"), [(2e-3, None), (4e-3, None), (8e-3, None)]),
     "c": (dict(arch="modern", optimizer="muon"), [(4e-3, 0.02), (4e-3, 0.05), (8e-3, 0.05)]),
 }
+BUDGETS = {"a": "1250,1500,2000", "b": "1000,2000", "c": "400,450,500,2000"}  # where each one first reaches 1.88 (a wider look: --budgets_a=1000,...)
 TITLES = {"a": "(a) nanoGPT: gpt2 + AdamW", "b": "(b) modern + AdamW", "c": "(c) modern + Muon"}
 
 
@@ -99,14 +103,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=os.environ.get("SHAKESPEARE_INPUT", ""), help="tiny Shakespeare input.txt")
     parser.add_argument("--target", type=float, default=1.88)
-    parser.add_argument("--max_iters", type=int, default=2000)
     parser.add_argument("--sweep_iters", type=int, default=150)
-    parser.add_argument("--eval_interval", type=int, default=100)
+    parser.add_argument("--eval_interval", type=int, default=50)
     parser.add_argument("--eval_iters", type=int, default=20)
     parser.add_argument("--recipes", default="abc")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run; 0 keeps torch's default")
-    parser.add_argument("--parallel", type=int, default=3, help="runs at the same time")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 keeps torch's default")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at the same time")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per recipe and budget; wall times are medians")
     for name in RECIPES:
+        parser.add_argument(f"--budgets_{name}", default=BUDGETS[name], help="iterations each run is planned for")
         parser.add_argument(f"--lr_{name}", type=float, default=None)
         parser.add_argument(f"--muon_lr_{name}", type=float, default=None)
     args = parser.parse_args()
@@ -135,29 +140,58 @@ def main() -> None:
     print(f"load average before the full runs: {os.getloadavg()[0]:.2f}", flush=True)
 
     rows = []
-    jobs = [(name, "full", *chosen[name], data_root, work, args.max_iters, args) for name in args.recipes]
-    for name, _, lr, muon_lr, evals in run_jobs(jobs, args.parallel):
+    # with --repeats, round-robin over recipes and budgets, so that a machine slowing down hits all of them alike
+    jobs = [(name, f"budget{budget}-r{k}", *chosen[name], data_root, work, budget, args) for k in range(args.repeats)
+            for name in args.recipes for budget in sorted({int(b) for b in getattr(args, f"budgets_{name}").split(",")})]
+    runs = {}
+    for name, phase, lr, muon_lr, evals in run_jobs(jobs, args.parallel):
         hit = next((e for e in evals if e["val_loss"] <= args.target), None)
-        rows.append(dict(name=name, lr=lr, muon_lr=muon_lr, params=params(RECIPES[name][0]["arch"]),
-                         iters=hit["iter"] if hit else None, wall_s=hit["wall_s"] if hit else None,
-                         final=evals[-1]["val_loss"], total_s=evals[-1]["wall_s"]))
-        print(rows[-1], flush=True)
+        budget = int(phase[len("budget"):].split("-")[0])
+        print(dict(name=name, budget=budget, iters=hit["iter"] if hit else None, wall_s=hit["wall_s"] if hit else None,
+                   final=evals[-1]["val_loss"], total_s=evals[-1]["wall_s"]), flush=True)
+        runs.setdefault((name, budget), []).append((hit, evals))
+    for (name, budget), results in runs.items():  # the runs are deterministic: only their clocks differ
+        hit, evals = results[0]
+        lr, muon_lr = chosen[name]
+        walls = [h["wall_s"] for h, _ in results if h is not None]
+        rows.append(dict(name=name, budget=budget, lr=lr, muon_lr=muon_lr, params=params(RECIPES[name][0]["arch"]),
+                         iters=hit["iter"] if hit else None, wall_s=statistics.median(walls) if walls else None,
+                         walls=walls, final=evals[-1]["val_loss"],
+                         total_s=statistics.median([e[-1]["wall_s"] for _, e in results])))
 
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     if sweep_lines:
         print(f"sweep ({args.sweep_iters} iterations per lr, val loss at the end):")
         print("\n".join(sweep_lines))
-    base = next((r["wall_s"] for r in rows if r["name"] == "a"), None)
-    print(f"\n| recipe | lr | params | iters to {args.target} | wall s to {args.target} | vs (a) | "
-          f"val loss at {args.max_iters} | wall s, {args.max_iters} iters |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\nevery run (val loss evaluated every {args.eval_interval} iterations):")
+    print(f"| recipe | budget | iters to {args.target} | wall s to {args.target} (median) | final val loss | wall s in all |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        lr = f"{r['lr']:g}" + (f" (muon {r['muon_lr']:g})" if r["muon_lr"] else "")
-        reached = r["wall_s"] is not None
-        ratio = f"{r['wall_s'] / base:.2f}x" if reached and base else "-"
-        print(f"| {TITLES[r['name']]} | {lr} | {r['params']:,} | {r['iters'] if reached else 'not reached'} | "
-              f"{r['wall_s']:.0f} | {ratio} | {r['final']:.4f} | {r['total_s']:.0f} |" if reached else
-              f"| {TITLES[r['name']]} | {lr} | {r['params']:,} | not reached | - | - | {r['final']:.4f} | {r['total_s']:.0f} |")
+        iters, wall = (r["iters"], f"{r['wall_s']:.0f}") if r["wall_s"] is not None else ("not reached", "-")
+        if len(r["walls"]) > 1:
+            wall += " (" + ", ".join(f"{w:.0f}" for w in r["walls"]) + ")"
+        print(f"| {TITLES[r['name']]} | {r['budget']} | {iters} | {wall} | {r['final']:.4f} | {r['total_s']:.0f} |")
+
+    best = {}
+    for r in rows:
+        if r["wall_s"] is not None and (r["name"] not in best or r["wall_s"] < best[r["name"]]["wall_s"]):
+            best[r["name"]] = r
+    at_2000 = {r["name"]: r["final"] for r in rows if r["budget"] == 2000}
+    base = best.get("a", {}).get("wall_s")
+    print(f"\n| recipe | lr | params | best budget | iters to {args.target} | wall s to {args.target} | vs (a) | "
+          f"val loss at 2000 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.recipes:
+        r = best.get(name)
+        lr, muon_lr = chosen[name]
+        lr_text = f"{lr:g}" + (f" (muon {muon_lr:g})" if muon_lr else "")
+        final = f"{at_2000[name]:.4f}" if name in at_2000 else "-"
+        if r is None:
+            print(f"| {TITLES[name]} | {lr_text} | {params(RECIPES[name][0]['arch']):,} | - | not reached | - | - | {final} |")
+            continue
+        ratio = f"{r['wall_s'] / base:.2f}x" if base else "-"
+        print(f"| {TITLES[name]} | {lr_text} | {r['params']:,} | {r['budget']} | {r['iters']} | {r['wall_s']:.0f} | "
+              f"{ratio} | {final} |")
 
 
 if __name__ == "__main__":

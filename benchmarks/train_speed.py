@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def main() -> int:
     rows = []
     for key in args.runs.split(","):
         name, command = commands[key]
+        shutil.rmtree(work / key, ignore_errors=True)  # a fresh run each time, never a resume of an earlier one
         print(f"running {name} ...", flush=True)
         row = run(name, command, args.iters)
         row["tokens_per_s"] = tokens_per_iter / (row["ms_per_iter"] / 1000)

@@ -14,6 +14,7 @@ import sys
 from .config import (
     MODEL_PRESETS,
     BenchConfig,
+    ConfigError,
     ExportConfig,
     PrepareConfig,
     SampleConfig,
@@ -185,9 +186,11 @@ def cmd_export(argv: list[str]) -> int:
     from .sample import resolve_tokenizer
 
     cfg = load(ExportConfig, argv)
+    hf_dir = cfg.hf_dir or os.path.join(cfg.out_dir, "hf")
+    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):  # checked first: nothing loaded, nothing written
+        raise ConfigError(f"--hf_dir={hf_dir} is a file; give a directory (new, or one to write the model into)")
     model, ckpt = load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path)
     tokenizer = resolve_tokenizer(ckpt, cfg.init_from, cfg.data_root)  # the directory carries its tokenizer
-    hf_dir = cfg.hf_dir or os.path.join(cfg.out_dir, "hf")
     export_hf(model, hf_dir, tokenizer)
     print(f"wrote a Hugging Face GPT2LMHeadModel with its {tokenizer.kind} tokenizer to {hf_dir}")
     return 0

@@ -11,7 +11,7 @@ Two flavours (GPTConfig.arch), recorded in every checkpoint:
   ReLU² MLP, parameter-free RMSNorm, no biases, an untied zero-initialised head, zero-initialised residual
   projections and a tanh soft-cap on the logits. Same module names where the weights mean the same thing.
 
-Imports only torch (plus the standard library).
+Imports only torch (plus the standard library, and muon.py beside it, which imports only torch).
 """
 
 import inspect
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from .muon import Muon
 
 
 class LayerNorm(nn.Module):
@@ -39,7 +41,50 @@ class RMSNorm(nn.Module):
     """Parameter-free RMSNorm (the modern flavour): no gain, no bias, nothing to tune or decay."""
 
     def forward(self, x):
-        return F.rms_norm(x, (x.size(-1),))
+        return rms_norm(x)
+
+
+def rms_norm(x, eps=torch.finfo(torch.float32).eps):
+    """x / rms(x) over the last dimension, in fp32, returned in x's dtype."""
+    return _RMSNorm.apply(x, eps)
+
+
+class _RMSNorm(torch.autograd.Function):
+    # F.rms_norm is a composite op on CPU: autograd records pow, mean, add, rsqrt and mul, each with its own
+    # backward, ~8 small kernels per norm and 6 norms a block; at nanoGPT's CPU shapes that was a fifth of the
+    # step. One node with the closed-form gradient, dx = r * (dy - y * mean(dy * y)), costs about half.
+    @staticmethod
+    def forward(ctx, x, eps):
+        xf = x.float()
+        rstd = torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)
+        y = xf * rstd
+        ctx.save_for_backward(y, rstd)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, rstd = ctx.saved_tensors
+        dyf = dy.float()
+        return (rstd * (dyf - y * (dyf * y).mean(-1, keepdim=True))).to(dy.dtype), None
+
+
+def relu_squared(h):
+    """relu(h)², the modern MLP's activation."""
+    return _ReluSquared.apply(h)
+
+
+class _ReluSquared(torch.autograd.Function):
+    # relu then square records two nodes (threshold and pow backward); the gradient is simply 2·relu(h)·dy
+    @staticmethod
+    def forward(ctx, h):
+        r = torch.relu(h)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, dy):
+        (r,) = ctx.saved_tensors
+        return 2 * r * dy
 
 
 def make_norm(config):
@@ -47,21 +92,20 @@ def make_norm(config):
 
 
 def rotary_angles(positions, head_size, base=10000.0):
-    """(cos, sin) of the rotary angles for positions (T) or (B, T): shaped to broadcast over (B, nh, T, hs/2).
-    Computed from the positions themselves, so there is no table to outgrow: any position works."""
+    """(cos, sin) of the rotary angles for positions (T) or (B, T), full head width, shaped to broadcast over
+    (B, T, nh, hs). Computed from the positions themselves, so there is no table to outgrow: any position works.
+    sin carries the rotation's sign (-sin on the first half), so apply_rotary is two multiplies and an add."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size))
     angles = positions.float().unsqueeze(-1) * inv_freq  # (T, hs/2) or (B, T, hs/2)
-    if angles.dim() == 3:
-        angles = angles.unsqueeze(1)  # (B, 1, T, hs/2): one set per row (left-padded batches)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1).unsqueeze(-2), torch.cat((-sin, sin), dim=-1).unsqueeze(-2)  # (.., T, 1, hs)
 
 
 def apply_rotary(x, cos, sin):
-    """Rotate each (first half, second half) pair of x (B, nh, T, hs) by its position's angle. The dot product
-    of a rotated query and key depends only on their distance, which is what lets a KV cache slide."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    """Rotate each (first half, second half) pair of x (B, T, nh, hs) by its position's angle:
+    (x1, x2) -> (x1·cos - x2·sin, x2·cos + x1·sin). The dot product of a rotated query and key depends only on
+    their distance, which is what lets a KV cache slide."""
+    return x * cos.to(x.dtype) + x.roll(x.size(-1) // 2, dims=-1) * sin.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -84,15 +128,20 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, kv_cache=None, attn_mask=None, rotary=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        hs = C // self.n_head
+        qkv = self.c_attn(x)
         if self.modern:
             # QK-norm bounds the attention logits (stable at high learning rates); then rotate by position.
+            # q and k go through both as one (B, T, 2·nh, hs) tensor: half the small kernels of doing each.
             # The cache stores keys already rotated, so a cached key never needs recomputing.
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            qk = apply_rotary(rms_norm(qkv[..., :2 * C].view(B, T, 2 * self.n_head, hs)), *rotary)
+            q, k = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs) each
+            v = qkv[..., 2 * C:].view(B, T, self.n_head, hs).transpose(1, 2)
+        else:
+            q, k, v = qkv.split(self.n_embd, dim=2)
+            k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+            q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+            v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)  # (B, nh, S, hs), S = cached + T
 
@@ -139,7 +188,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.c_fc(x)
-        h = F.relu(h).square() if self.relu2 else self.gelu(h)
+        h = relu_squared(h) if self.relu2 else self.gelu(h)
         return self.dropout(self.c_proj(h))
 
 
@@ -315,7 +364,7 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw",
                              muon_lr=0.02, muon_momentum=0.95):
         """AdamW where only matrices (>= 2-D: matmul weights, embeddings) decay; biases and norms do not.
-        optimizer="muon": the blocks' matrices go to Muon at muon_lr instead (torch.optim.Muon takes 2-D
+        optimizer="muon": the blocks' matrices go to Muon at muon_lr instead (Muon takes 2-D
         weights only), and AdamW keeps the rest (embeddings, head, gains, biases). Every param group carries
         `lr_ratio` (its lr over learning_rate), so the loop's schedule scales both optimizers alike."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
@@ -334,7 +383,7 @@ class GPT(nn.Module):
         adamw = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
         if optimizer == "adamw":
             return adamw
-        muon = torch.optim.Muon([{"params": muon_params, "lr_ratio": muon_lr / learning_rate}], lr=muon_lr,
+        muon = Muon([{"params": muon_params, "lr_ratio": muon_lr / learning_rate}], lr=muon_lr,
                                 weight_decay=weight_decay, momentum=muon_momentum)
         return Optimizers(muon, adamw)
 

@@ -6,6 +6,7 @@ listens at the address; warns when a second Ray instance runs on this machine; s
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -56,11 +57,17 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         check_reachable(address)
-    kwargs = {}
-    if env_vars:
-        kwargs["runtime_env"] = {"env_vars": env_vars}
-    if address in ("", "local") and include_dashboard is not None:  # a cluster started here
-        kwargs["include_dashboard"] = include_dashboard
+    runtime_env, kwargs = {"env_vars": env_vars} if env_vars else {}, {}
+    if address in ("", "local"):  # a cluster started here, for this command only
+        # nothing preempts a machine's own cluster; Ray Train's watcher would be one more process (and its
+        # ray.train import, ~2 s of CPU) to start before the first step, and ~1% of a core after
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        if include_dashboard is not None:
+            kwargs["include_dashboard"] = include_dashboard
+        if include_dashboard is False:
+            runtime_env["worker_process_setup_hook"] = f"{__name__}.quiet_placement_group_cleaner"
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     try:
         ray.init(address=address or None, log_to_driver=log_to_driver, **kwargs)  # None: a new local cluster
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
@@ -68,6 +75,14 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
         raise ClusterError(f"could not join a Ray cluster at {address or 'a new local cluster'}: {first_line}") from None
     warn_about_other_ray_instances()
     return True
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Runs in each worker process of a local cluster started without the dashboard. Ray Train's placement-group
+    cleaner asks the State API (a dashboard service) every second whether the controller lives, and without it
+    logs a warning each time, which reaches the person's terminal. Its job is moot there: the cluster, and every
+    placement group in it, ends with this command."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def wait_until_ready(actors: list, timeout_s: float, why_not: str) -> list:

@@ -284,6 +284,14 @@ def test_export_without_transformers_names_the_extra_and_writes_nothing(char_run
     assert not hf_dir.exists()
 
 
+def test_export_to_a_path_that_is_a_file_is_one_line_and_keeps_the_file(capsys, char_run, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    line = one_line_error(capsys, "export", [f"--out_dir={char_run['out_dir']}", f"--hf_dir={target}"])
+    assert f"--hf_dir={target} is a file" in line and "directory" in line
+    assert target.read_text() == "mine"
+
+
 def test_plots_without_matplotlib_name_the_extra(tmp_path):
     result = run_python("import sys; sys.modules['matplotlib'] = None\n"
                         "from nanogpt_ray.sweep_results import plot_lr_sweep\n"

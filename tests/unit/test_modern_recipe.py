@@ -20,6 +20,7 @@ from nanogpt_ray.checkpoint import CKPT_NAME, load_model
 from nanogpt_ray.config import BenchConfig, ConfigError, TrainConfig, UserError, from_dict
 from nanogpt_ray.hf import export_hf
 from nanogpt_ray.model import GPT, GPTConfig, Optimizers
+from nanogpt_ray.muon import Muon
 from nanogpt_ray.train_loop import run_bare
 from tests.train_data import make_dataset, tiny_config
 
@@ -128,7 +129,7 @@ def test_muon_groups_hold_exactly_the_2d_block_weights():
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.05)
         assert isinstance(opt, Optimizers)
         muon, adamw = opt.optimizers
-        assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+        assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
         blocks_2d = {id(p) for n, p in model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2}
         muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
         adamw_ids = {id(p) for g in adamw.param_groups for p in g["params"]}
