@@ -129,13 +129,13 @@ def main() -> None:
             chosen[name] = (lr, getattr(args, f"muon_lr_{name}"))
         else:
             jobs += [(name, "sweep", lr, muon_lr, data_root, work, args.sweep_iters, args) for lr, muon_lr in RECIPES[name][1]]
-    best = {}
+    best_lr = {}
     for name, _, lr, muon_lr, evals in run_jobs(jobs, args.parallel):
         val = evals[-1]["val_loss"]
         sweep_lines.append(f"  {TITLES[name]}: lr {lr:g}" + (f", muon_lr {muon_lr:g}" if muon_lr else "") + f" -> val {val:.4f}")
-        if name not in best or val < best[name][0]:
-            best[name] = (val, lr, muon_lr)
-    chosen.update({name: (lr, muon_lr) for name, (_, lr, muon_lr) in best.items()})
+        if name not in best_lr or val < best_lr[name][0]:
+            best_lr[name] = (val, lr, muon_lr)
+    chosen.update({name: (lr, muon_lr) for name, (_, lr, muon_lr) in best_lr.items()})
     print("\n".join(sweep_lines), flush=True)
     print(f"load average before the full runs: {os.getloadavg()[0]:.2f}", flush=True)
 

@@ -317,8 +317,8 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    """sample.py's knobs, plus batch sampling on Ray actors."""
+class CheckpointSource:
+    """Where sample, serve and export take their model from (the first fields of each)."""
 
     init_from: str = "resume"
     """'resume' (from out_dir/ckpt.pt), 'gpt2*', or a local GPT-2 directory."""
@@ -328,6 +328,12 @@ class SampleConfig:
     """An explicit checkpoint file or Ray checkpoint directory; overrides out_dir."""
     data_root: str = "data"
     """Where the checkpoint's dataset meta.json (the char vocab) is looked up."""
+
+
+@dataclass
+class SampleConfig(CheckpointSource):
+    """sample.py's knobs, plus batch sampling on Ray actors."""
+
     start: str = "\n"
     """Prompt text, or FILE:path to read it from a file."""
     num_samples: int = 10
@@ -374,17 +380,9 @@ class SampleConfig:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(CheckpointSource):
     """`nanogpt-ray serve`: an OpenAI-compatible completions server on Ray Serve."""
 
-    init_from: str = "resume"
-    """'resume' (from out_dir/ckpt.pt), 'gpt2*', or a local GPT-2 directory."""
-    out_dir: str = "out"
-    """Folder holding ckpt.pt when init_from='resume' (and the folder --watch polls)."""
-    ckpt_path: str = ""
-    """An explicit checkpoint file or Ray checkpoint directory; overrides out_dir."""
-    data_root: str = "data"
-    """Where the checkpoint's dataset meta.json (the char vocab) is looked up."""
     model_name: str = ""
     """The `model` clients ask for; empty: the out_dir's folder name, or the init_from name."""
     host: str = "127.0.0.1"
@@ -411,7 +409,8 @@ class ServeConfig:
     device: str = "auto"
     dtype: Dtype = "auto"
     watch: bool = False
-    """Poll the checkpoint and swap to a newer one (by iter_num/mtime) without dropping requests in flight."""
+    """Poll the checkpoint (ckpt_path, or out_dir/ckpt.pt) and swap to a newer one (by iter_num/mtime) without
+    dropping requests in flight."""
     watch_interval_s: float = 5.0
     """How often --watch polls the checkpoint."""
     address: str = ""
@@ -516,11 +515,11 @@ def _field_docs(cls) -> dict[str, str]:
         import inspect
 
         docs: dict[str, str] = {}
-        tree = ast.parse(inspect.getsource(cls))
-        body = tree.body[0].body
-        for node, following in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-                docs[node.target.id] = " ".join(str(following.value.value).split())
+        for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):  # a subclass's doc wins
+            body = ast.parse(inspect.getsource(base)).body[0].body
+            for node, following in zip(body, body[1:]):
+                if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                    docs[node.target.id] = " ".join(str(following.value.value).split())
         _DOC_CACHE[cls] = docs
     return _DOC_CACHE[cls]
 
@@ -697,18 +696,12 @@ def from_dict(cls, values: dict):
 
 
 @dataclass
-class ExportConfig:
-    """Turn a checkpoint into a Hugging Face GPT2LMHeadModel directory."""
+class ExportConfig(CheckpointSource):
+    """Turn a checkpoint into a Hugging Face GPT2LMHeadModel directory (a char model's tokenizer comes from
+    its dataset's meta.json under data_root)."""
 
-    init_from: str = "resume"
-    out_dir: str = "out"
-    """Folder holding ckpt.pt."""
-    ckpt_path: str = ""
-    """An explicit checkpoint file or Ray checkpoint directory; overrides out_dir."""
     hf_dir: str = ""
     """Where the Hugging Face directory is written; '' means <out_dir>/hf."""
-    data_root: str = "data"
-    """Root folder of prepared datasets: the checkpoint's dataset meta.json gives a char model's tokenizer."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
