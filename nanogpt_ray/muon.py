@@ -4,8 +4,8 @@ The same update as torch.optim.Muon (Nesterov momentum, five quintic Newton-Schu
 by sqrt(max(1, rows/cols)), decoupled weight decay), and the same param-group keys and state, so checkpoints
 written with either load into the other. What differs is the work per step: torch's optimizer orthogonalizes each
 matrix on its own, ~15 small matmuls apiece; a GPT block has only four matrix shapes, so stacking the matrices of
-one shape makes it ~15 batched matmuls for all of them. At nanoGPT's CPU shapes (4 layers, 128 wide) that took
-the optimizer from ~45% of the step to ~15%.
+one shape makes it ~15 batched matmuls for all of them, which matters where matrices are small and kernel
+launches, not FLOPs, set the time (nanoGPT's CPU shapes).
 
 Imports only torch.
 """
