@@ -6,6 +6,7 @@ so a checkpoint moves both ways between nanoGPT and nanogpt-ray; our extra resum
 
 from __future__ import annotations
 
+import io
 import os
 
 import torch
@@ -14,6 +15,7 @@ from .config import GPT2_PRESETS, UserError
 from .files import atomic_open
 from .hf import from_pretrained
 from .model import GPT, GPTConfig
+from .storage import StorageError, is_uri, latest_checkpoint_file, read_bytes
 
 CKPT_NAME = "ckpt.pt"
 REQUIRED_KEYS = ("model", "model_args")
@@ -46,16 +48,26 @@ def save_checkpoint(ckpt: dict, path: str) -> None:
 
 
 def checkpoint_file(path: str) -> str:
-    """A ckpt.pt path from a file, an out_dir, or a Ray checkpoint directory."""
+    """A ckpt.pt path from a file, an out_dir, or a Ray checkpoint directory; for a URI also a run's folder in
+    storage (<storage_path>/<run_name>: its latest checkpoint)."""
+    if is_uri(path):
+        try:
+            return latest_checkpoint_file(path)
+        except StorageError as e:
+            raise CheckpointError(str(e)) from None
     return os.path.join(path, CKPT_NAME) if os.path.isdir(path) else path
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     path = checkpoint_file(path)
-    if not os.path.exists(path):
+    try:
+        source = io.BytesIO(read_bytes(path)) if is_uri(path) else path  # an object is read whole, then loaded
+    except (FileNotFoundError, StorageError):
+        source = None
+    if source is None or (not is_uri(path) and not os.path.exists(path)):
         raise CheckpointError(f"no checkpoint at {path}; train first or pass --out_dir/--ckpt_path of a run")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path} is not a checkpoint that loads with weights_only=True ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):

@@ -657,6 +657,11 @@ def split_overrides(overrides, primary, secondary) -> tuple[list[str], dict]:
     return own, other
 
 
+def is_uri(path: str) -> bool:
+    """A storage URI (s3://, gs://...) rather than a local path; storage.py reads and writes both."""
+    return "://" in str(path)
+
+
 def load_config(cls, files=(), overrides=(), absolute_paths: bool = True):
     """Defaults < config files (in order) < --key=value overrides; returns a validated `cls`."""
     fields = config_fields(cls)
@@ -672,9 +677,9 @@ def load_config(cls, files=(), overrides=(), absolute_paths: bool = True):
             raise ConfigError(f"unknown config key {key!r}{_closest(key, fields)}")
         values[key] = coerce(cls, key, _parse_flag_value(cls, key, text))
     if absolute_paths:
-        # Ray workers do not share the driver's working directory.
+        # Ray workers do not share the driver's working directory; a URI means the same everywhere, as given
         for key in PATH_KEYS:
-            if key in values and values[key]:
+            if key in values and values[key] and not is_uri(values[key]):
                 values[key] = os.path.abspath(os.path.expanduser(values[key]))
         init = values.get("init_from")
         if init and init not in GPT2_PRESETS and init not in ("scratch", "resume") and os.path.isdir(os.path.expanduser(init)):

@@ -12,22 +12,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
-import uuid
 
 from .checkpoint import CKPT_NAME
 from .config import GPT2_PRESETS, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, TrainConfig, UserError
 from .data import DataError, check_block_size, check_token_ids, load_split
 from .hf import read_gpt2_config
+from .storage import StorageError, check_readable, check_writable, is_uri, join, list_dir
 from .tokenizer import read_meta
 
 
 class LaunchError(UserError):
     """A run that cannot work as configured; one line that says what to change."""
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 # ----------------------------------------------------------------------------- checks that need no cluster
@@ -45,6 +40,10 @@ def expected_vocab_size(cfg: TrainConfig, meta: dict | None) -> int | None:
 
 
 def check_dataset(cfg: TrainConfig) -> None:
+    if is_uri(cfg.dataset_dir()):  # the workers fetch it into their node's cache and check it there
+        for split in ("train", "val"):
+            check_readable(join(cfg.dataset_dir(), f"{split}.bin"), "data_root")
+        return
     meta = read_meta(cfg.dataset_dir())  # a damaged meta.json fails here, not on every worker
     vocab_size = expected_vocab_size(cfg, meta)
     try:
@@ -58,44 +57,23 @@ def check_dataset(cfg: TrainConfig) -> None:
 
 
 def check_storage(cfg: TrainConfig) -> None:
-    """Write and delete a probe file where checkpoints will be persisted."""
-    storage = cfg.resolved_storage_path()
+    """Write and delete a probe where checkpoints will be persisted (a folder, or an object under a URI)."""
     try:
-        if is_uri(storage):
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(storage)
-            probe = f"{path.rstrip('/')}/.nanogpt-write-probe-{uuid.uuid4().hex[:8]}"
-            fs.create_dir(path, recursive=True)
-            with fs.open_output_stream(probe) as f:
-                f.write(b"ok")
-            fs.delete_file(probe)
-        else:
-            os.makedirs(storage, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=storage, prefix=".nanogpt-write-probe-"):
-                pass
-    except Exception as e:
-        raise LaunchError(f"storage_path={storage!r} is not writable ({type(e).__name__}: {e}); "
-                          "pass --storage_path=<a writable shared folder or s3:// URI>") from None
+        check_writable(cfg.resolved_storage_path(), "storage_path")
+    except StorageError as e:
+        raise LaunchError(str(e)) from None
 
 
 def run_dir(cfg: TrainConfig) -> str:
-    return os.path.join(cfg.resolved_storage_path(), cfg.resolved_run_name())
+    return join(cfg.resolved_storage_path(), cfg.resolved_run_name())
 
 
 def run_has_checkpoint(cfg: TrainConfig) -> bool:
     """Whether the run's storage holds a checkpoint already (then a rerun resumes it)."""
-    directory = run_dir(cfg)
-    if is_uri(directory):
-        try:
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(directory)
-            infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-            return any(os.path.basename(i.path).startswith("checkpoint_") for i in infos)
-        except Exception:
-            return False
-    return os.path.isdir(directory) and any(name.startswith("checkpoint_") for name in os.listdir(directory))
+    try:
+        return any(name.startswith("checkpoint_") for name in list_dir(run_dir(cfg)))
+    except (StorageError, OSError):
+        return False
 
 
 def check_resume(cfg: TrainConfig) -> None:

@@ -8,14 +8,14 @@ Bad requests raise RequestError, which the server turns into OpenAI's error JSON
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from .checkpoint import checkpoint_file
-from .config import ServeConfig
+from .config import ServeConfig, UserError
 from .sample import Sampler, load_model_for_sampling
+from .storage import modified_time
 from .tokenizer import decode_tokens, unknown_chars_message
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -259,9 +259,9 @@ class LoadedModel:
 def checkpoint_mtime(cfg: ServeConfig) -> float | None:
     if cfg.init_from != "resume":
         return None
-    try:
-        return os.stat(checkpoint_file(cfg.ckpt_path or cfg.out_dir)).st_mtime
-    except OSError:
+    try:  # a URI may be a run's folder in a bucket: its latest checkpoint's time
+        return modified_time(checkpoint_file(cfg.ckpt_path or cfg.out_dir))
+    except (OSError, UserError):
         return None
 
 

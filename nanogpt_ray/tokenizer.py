@@ -12,6 +12,7 @@ import os
 import pickle
 
 from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, UserError
+from .storage import is_uri, join, read_text
 
 GPT2_EOT = 50256
 # Pattern of r50k_base/gpt2; kept here so an explicit ranks file needs nothing else from tiktoken_ext.
@@ -145,6 +146,8 @@ def _read_meta_pkl(path: str) -> dict:
 
 def read_meta(dataset_dir: str) -> dict | None:
     """meta.json of a prepared dataset (ours), else nanoGPT's meta.pkl read safely, else None."""
+    if is_uri(dataset_dir):  # a dataset in a bucket: only its small meta.json is read, not its tokens
+        return read_meta_uri(dataset_dir)
     json_path = os.path.join(dataset_dir, "meta.json")
     if os.path.exists(json_path):
         try:
@@ -160,6 +163,19 @@ def read_meta(dataset_dir: str) -> dict | None:
     if os.path.exists(pkl_path):
         return _read_meta_pkl(pkl_path)
     return None
+
+
+def read_meta_uri(dataset_dir: str) -> dict | None:
+    path = join(dataset_dir, "meta.json")
+    try:
+        meta = json.loads(read_text(path))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as e:
+        raise TokenizerError(f"{path} is not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{path} holds a JSON {type(meta).__name__}, not an object; prepare the dataset again")
+    return meta
 
 
 def model_vocab_size(meta: dict | None) -> int:

@@ -46,6 +46,7 @@ from .files import move_into_place, remove_stale_partials, temp_name_beside
 from .hf import from_pretrained
 from .model import GPT, GPTConfig
 from .parallel import data_parallel, full_state, is_sharded, load_full_state, set_grad_sync, shard_model, unwrap_ddp
+from .storage import local_dataset_dir
 from .tokenizer import model_vocab_size, read_meta
 
 INJECT_NAN_ENV = "NANOGPT_RAY_INJECT_NAN_AT_ITER"
@@ -418,8 +419,7 @@ def mark_startup(cfg: TrainConfig, runtime: Runtime, phase: str) -> None:
         print(f"[startup {time.time() - t0:7.2f} s] {phase}", flush=True)
 
 
-def load_data(cfg: TrainConfig) -> dict:
-    data_dir = cfg.dataset_dir()
+def load_data(cfg: TrainConfig, data_dir: str) -> dict:
     splits = {split: load_split(data_dir, split) for split in ("train", "val")}
     for split, data in splits.items():
         check_block_size(data, cfg.block_size, os.path.join(data_dir, f"{split}.bin"))
@@ -472,7 +472,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank, as nanoGPT's seed_offset
 
     # ------------------------------------------------------------------ data
-    splits = load_data(cfg)
+    data_dir = local_dataset_dir(cfg.dataset_dir())  # a URI: this node's cached copy, one download per node
+    splits = load_data(cfg, data_dir)
     mark_startup(cfg, runtime, "data mapped")
     my_streams = range(rank * m, rank * m + m)  # the global micro-steps this worker runs
 
@@ -484,7 +485,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     ckpt = load_checkpoint(ckpt_source, map_location="cpu") if ckpt_source else None
     if ckpt is not None:
         log(runtime, f"resuming from iteration {ckpt['iter_num']} ({ckpt_source})")
-    meta = read_meta(cfg.dataset_dir())
+    meta = read_meta(data_dir)
     model, model_args = build_model(cfg, ckpt, meta, runtime)
     model.to(device)
     check_vocab(cfg, splits, model.config.vocab_size)

@@ -25,3 +25,13 @@ def shakespeare_path() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("SHAKESPEARE_INPUT", SHARED_DATA / "tinyshakespeare" / "input.txt"))
     assert path.is_file(), f"tiny Shakespeare not found at {path}; set SHAKESPEARE_INPUT"
     return path
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API server (moto, loopback) with bucket 'runs'; AWS_ENDPOINT_URL and credentials set in the
+    environment for the module (request it before any Ray fixture so Ray's processes inherit them)."""
+    from tests.s3_server import s3_server
+
+    with s3_server() as server:
+        yield server
