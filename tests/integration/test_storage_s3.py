@@ -1,0 +1,140 @@
+"""Runs backed by a bucket: a real S3 API server (moto, loopback) and a real 2-CPU Ray cluster. Checkpoints land
+as objects, a rerun without its local out_dir continues from the bucket, a killed worker restarts from the
+bucket, the dataset comes from the bucket through each node's cache, and sampling reads a bucket checkpoint."""
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from nanogpt_ray import cli
+from nanogpt_ray.checkpoint import CKPT_NAME
+from nanogpt_ray.cluster.train import launch as train
+from nanogpt_ray.config import TrainConfig, from_dict
+from tests.train_data import make_dataset, tiny_config
+
+pytestmark = pytest.mark.ray
+
+# dropout > 0: a resume must restore every rank's dropout RNG too, or the weights drift apart
+COMMON = dict(num_workers=2, max_iters=60, eval_interval=20, log_interval=20, dropout=0.1, max_failures=2)
+
+
+@pytest.fixture(scope="module")
+def bucket_cluster(s3, tmp_path_factory):
+    """The dataset uploaded to the bucket; a node cache under tmp; then Ray, which inherits the S3 environment."""
+    cache = tmp_path_factory.mktemp("node-cache")
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    folder = make_dataset(tmp_path_factory.mktemp("src"))
+    for name in ("train.bin", "val.bin", "meta.json"):
+        s3.client().upload_file(str(folder / name), s3.bucket, f"data/tiny/{name}")
+    if ray.is_initialized():
+        ray.shutdown()
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True,
+                       runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})
+    yield dict(s3=s3, cache=cache, data_root=f"s3://{s3.bucket}/data", context=context)
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
+def _cfg(env, out_dir, prefix, **overrides) -> TrainConfig:
+    values = dict(COMMON, storage_path=f"s3://{env['s3'].bucket}/{prefix}", **overrides)
+    return from_dict(TrainConfig, tiny_config(env["data_root"], out_dir, **values))
+
+
+def _weights(out_dir) -> dict:
+    return torch.load(os.path.join(out_dir, CKPT_NAME), weights_only=True)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["iter_num"] == b["iter_num"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(bucket_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("full")
+    cwd = os.getcwd()
+    os.chdir(root)  # a URI taken for a local path would show up here as a folder named 's3:'
+    try:
+        result = train(_cfg(bucket_cluster, root / "out", "exp"))
+    finally:
+        os.chdir(cwd)
+    return result, root
+
+
+@pytest.mark.timeout(240)
+def test_two_workers_checkpoint_to_the_bucket_with_data_from_the_bucket(bucket_cluster, uninterrupted):
+    result, root = uninterrupted
+    s3 = bucket_cluster["s3"]
+    assert result.metrics["iter"] == 60 and result.metrics["world_size"] == 2
+    assert result.checkpoint.path.startswith(f"{s3.bucket}/exp/out/checkpoint_")  # Ray's view: an object prefix
+    keys = s3.keys("exp/out/")
+    checkpoints = [k for k in keys if k.endswith("/" + CKPT_NAME)]
+    assert len(checkpoints) == 2  # num_checkpoints_to_keep
+    assert not [p for p in root.rglob("s3:*")] and not (root / "out" / "ray").exists()
+    assert _weights(root / "out")["iter_num"] == 60  # out_dir keeps its nanoGPT meaning: the latest ckpt.pt
+    cached = list(bucket_cluster["cache"].glob("nanogpt-ray/datasets/*/train.bin"))
+    assert len(cached) == 1  # both workers of the node share one copy
+
+
+@pytest.mark.timeout(300)
+def test_rerun_without_the_local_out_dir_continues_from_the_bucket_bit_for_bit(bucket_cluster, uninterrupted, tmp_path):
+    train(_cfg(bucket_cluster, tmp_path / "out", "resume", max_iters=20))
+    shutil.rmtree(tmp_path / "out")  # what a replacement node has: nothing local
+    result = train(_cfg(bucket_cluster, tmp_path / "out", "resume"))
+    assert result.metrics["resumed_from"] == 20 and result.metrics["iter"] == 60
+    _assert_same_state(_weights(tmp_path / "out"), _weights(uninterrupted[1] / "out"))
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_worker_restarts_from_the_bucket_checkpoint(bucket_cluster, uninterrupted, tmp_path):
+    from ray.util.state import list_actors
+
+    out_dir = tmp_path / "out"
+    cfg = _cfg(bucket_cluster, out_dir, "killed")
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = train(cfg)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 120
+    while not (out_dir / CKPT_NAME).exists():  # written once Ray has committed a checkpoint to the bucket
+        assert time.time() < deadline and thread.is_alive(), outcome
+        time.sleep(0.05)
+    address = bucket_cluster["context"].address_info["gcs_address"]
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                          detail=True)
+    assert len(workers) == 2
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(timeout=240)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    assert outcome["result"].metrics["resumed_from"] >= 20  # the new group started from a bucket checkpoint
+    _assert_same_state(_weights(out_dir), _weights(uninterrupted[1] / "out"))
+
+
+@pytest.mark.timeout(120)
+def test_sample_from_a_bucket_checkpoint_and_from_a_runs_folder(bucket_cluster, uninterrupted, capsys):
+    s3 = bucket_cluster["s3"]
+    latest = sorted(k for k in s3.keys("exp/out/") if k.endswith("/" + CKPT_NAME))[-1]
+    common = ["--num_samples=1", "--max_new_tokens=8", "--device=cpu", "--seed=7", "--start=!"]
+    for source in (f"s3://{s3.bucket}/{latest}", f"s3://{s3.bucket}/exp/out"):  # a file, and a run's latest
+        assert cli.main(["sample", f"--ckpt_path={source}", *common]) == 0
+    first, second = capsys.readouterr().out.split("---------------")[:2]
+    assert first.strip() and first.strip() == second.strip()  # the same checkpoint, the same seed
