@@ -249,25 +249,35 @@ def models_response(model: str, created: int, owned_by: str = "nanogpt-ray") -> 
 class LoadedModel:
     sampler: Sampler
     iter_num: int | None  # the checkpoint's training step (None for GPT-2 weights)
-    mtime: float | None  # ckpt.pt's modification time when it was read, what --watch compares
+    mtime: float | None  # ckpt.pt's modification time when it was read
+    source: str | None = None  # the ckpt.pt read: for a run's folder (in a bucket), its latest checkpoint then
 
     @property
     def block_size(self) -> int:
         return self.sampler.model.config.block_size
 
+    def version(self) -> tuple[str | None, float | None]:
+        """What --watch compares (checkpoint_version): a new file or a new write means a newer checkpoint."""
+        return self.source, self.mtime
 
-def checkpoint_mtime(cfg: ServeConfig) -> float | None:
+
+def checkpoint_version(cfg: ServeConfig) -> tuple[str, float] | None:
+    """(the ckpt.pt that ckpt_path or out_dir means now, its modification time); None when there is none.
+    A run's folder in storage (s3://bucket/prefix/run_name) means its latest checkpoint: a new one is a new path
+    even within the second that object stores' timestamps resolve."""
     if cfg.init_from != "resume":
         return None
-    try:  # a URI may be a run's folder in a bucket: its latest checkpoint's time
-        return modified_time(checkpoint_file(cfg.ckpt_path or cfg.out_dir))
+    try:
+        source = checkpoint_file(cfg.ckpt_path or cfg.out_dir)
+        mtime = modified_time(source)
     except (OSError, UserError):
         return None
+    return None if mtime is None else (source, mtime)
 
 
 def load_served_model(cfg: ServeConfig) -> LoadedModel:
     """Device, dtype, model and tokenizer, as `sample` loads them, plus what --watch needs to notice a newer one."""
-    mtime = checkpoint_mtime(cfg)  # before reading: a checkpoint written meanwhile then counts as newer
-    sampler, ckpt = load_model_for_sampling(cfg.init_from, cfg.out_dir, cfg.ckpt_path, cfg.data_root, cfg.device,
-                                            cfg.dtype)
-    return LoadedModel(sampler, ckpt.get("iter_num") if ckpt is not None else None, mtime)
+    source, mtime = checkpoint_version(cfg) or (None, None)  # before reading: one written meanwhile counts as newer
+    sampler, ckpt = load_model_for_sampling(cfg.init_from, cfg.out_dir, source or cfg.ckpt_path, cfg.data_root,
+                                            cfg.device, cfg.dtype)
+    return LoadedModel(sampler, ckpt.get("iter_num") if ckpt is not None else None, mtime, source)

@@ -27,7 +27,7 @@ from ..serving import (
     SSE_DONE,
     RequestError,
     TextStream,
-    checkpoint_mtime,
+    checkpoint_version,
     completion_chunk,
     completion_response,
     error_body,
@@ -82,8 +82,8 @@ class CompletionServer:
 
     def _watch(self):
         while not self.closing.wait(self.cfg.watch_interval_s):
-            mtime = checkpoint_mtime(self.cfg)
-            if mtime is None or mtime == self.engine.loaded.mtime:
+            version = checkpoint_version(self.cfg)  # a file, or a run's latest checkpoint in a bucket
+            if version is None or version == self.engine.loaded.version():
                 continue
             try:
                 loaded = load_served_model(self.cfg)

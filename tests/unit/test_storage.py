@@ -1,6 +1,7 @@
 """storage.py against a real S3 API server (moto's server mode on loopback), no Ray: URIs kept as given,
 one-line preflight errors, checkpoints found in a run's folder, datasets cached once per node."""
 
+import json
 import multiprocessing
 import os
 import socket
@@ -150,3 +151,34 @@ def test_a_dataset_uri_with_nothing_there_is_one_line(s3, tmp_path):
     with pytest.raises(storage.StorageError) as e:
         storage.fetch_dataset("s3://runs/datasets/none", str(tmp_path / "cache"))
     assert "no dataset files at 's3://runs/datasets/none'" in _one_line(e)
+
+
+def _put_checkpoint(uri: str, iter_num: int) -> None:
+    import io
+
+    import torch
+
+    from nanogpt_ray.model import GPT, GPTConfig
+
+    model_args = dict(n_layer=1, n_head=1, n_embd=8, block_size=8, bias=False, vocab_size=65, dropout=0.0)
+    buffer = io.BytesIO()  # trained on a char dataset whose meta.json is in the bucket too
+    torch.save({"model": GPT(GPTConfig(**model_args)).state_dict(), "model_args": model_args, "iter_num": iter_num,
+                "best_val_loss": 1.0, "config": {"dataset": "tiny", "data_root": "s3://runs/watch-data"}}, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def test_serve_watch_follows_a_runs_latest_checkpoint_in_a_bucket(s3):
+    from nanogpt_ray.config import ServeConfig
+    from nanogpt_ray.serving import checkpoint_version, load_served_model
+
+    run = "s3://runs/watch/out"
+    storage.write_text("s3://runs/watch-data/tiny/meta.json", json.dumps(
+        {"tokenizer": "char", "vocab_size": 65, "chars": [chr(33 + i) for i in range(65)], "dtype": "uint16"}))
+    _put_checkpoint(f"{run}/checkpoint_2026-01-01_00-00-01.000000/ckpt.pt", 20)
+    cfg = ServeConfig(ckpt_path=run, device="cpu", watch=True)
+    loaded = load_served_model(cfg)
+    assert loaded.iter_num == 20 and checkpoint_version(cfg) == loaded.version()
+    _put_checkpoint(f"{run}/checkpoint_2026-01-01_00-00-02.000000/ckpt.pt", 40)  # within the same second, often
+    assert checkpoint_version(cfg) != loaded.version()  # what the replica's --watch thread polls
+    newer = load_served_model(cfg)
+    assert newer.iter_num == 40 and newer.sampler.tokenizer.kind == "char"
