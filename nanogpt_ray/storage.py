@@ -172,6 +172,47 @@ def upload_dir(local_dir: str, uri: str) -> None:
     pyarrow.fs.copy_files(local_dir, inner, destination_filesystem=fs)
 
 
+@contextmanager
+def local_input(path: str):
+    """A local path holding `path`'s bytes: itself when local; a URI is downloaded to a temporary file (same
+    name, so its extension still tells the format) that is removed afterwards."""
+    if not is_uri(path):
+        yield path
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nanogpt-input-") as tmp:
+        local = os.path.join(tmp, basename(path))
+        fs, inner = filesystem(path)
+        with fs.open_input_stream(inner) as src, open(local, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 24)
+        yield local
+
+
+@contextmanager
+def staged_output(path: str, keep_existing: bool = False):
+    """A local path to write `path` through: itself when local. For a URI, a temporary file (holding the
+    object's current bytes when keep_existing, for a resume) that is uploaded as one object when the block
+    ends without an error: readers see the old object or the new one, never half of one."""
+    if not is_uri(path):
+        yield path
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nanogpt-output-") as tmp:
+        local = os.path.join(tmp, basename(path))
+        fs, inner = filesystem(path)
+        if keep_existing and exists(path):
+            with fs.open_input_stream(inner) as src, open(local, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 24)
+        yield local
+        if os.path.exists(local):
+            with open(local, "rb") as src, fs.open_output_stream(inner) as out:
+                shutil.copyfileobj(src, out, 1 << 24)
+
+
 # ----------------------------------------------------------------------------- preflight
 
 def check_writable(path: str, key: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:

@@ -9,6 +9,7 @@ keep their own seeds, so where a batch runs never changes what it generates.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ from ..batch_sampling import (
 )
 from ..config import SampleConfig, UserError, from_dict, to_dict
 from ..sample import load_sampler
+from ..storage import is_uri, local_input, staged_output
 from .session import ClusterError, connect, ray_session, wait_until_ready
 
 MAX_BATCH_ATTEMPTS = 3  # a batch whose actor died this many times gets an error on each row instead
@@ -71,7 +73,7 @@ def _sampler_config(cfg: SampleConfig) -> dict:
     """The config as the actors get it: a plain dict with absolute paths (actors do not share our cwd)."""
     values = to_dict(cfg)
     for key in ("out_dir", "ckpt_path", "data_root"):
-        if values[key]:
+        if values[key] and not is_uri(values[key]):
             values[key] = os.path.abspath(os.path.expanduser(values[key]))
     if values["init_from"] not in ("resume",) and os.path.isdir(os.path.expanduser(values["init_from"])):
         values["init_from"] = os.path.abspath(os.path.expanduser(values["init_from"]))
@@ -209,9 +211,16 @@ def sample_prompts(prompts, cfg: SampleConfig | None = None, actors: list | None
 
 def sample_file(cfg: SampleConfig, actors: list | None = None) -> dict:
     """`nanogpt-ray sample --prompts=FILE --output=FILE`: every prompt (and sample) of the file, results
-    streamed to the output as batches finish. Returns a summary (rows, errors, tokens, seconds)."""
+    streamed to the output as batches finish. Returns a summary (rows, errors, tokens, seconds).
+    Either may be a URI (s3://, gs://): prompts are fetched first, the output is written locally and uploaded
+    as one object at the end (with --resume, the object's rows are kept and skipped)."""
     if not cfg.output:
         raise ClusterError("--prompts needs --output=FILE (.jsonl or .parquet) for the results")
+    if is_uri(cfg.prompts) or is_uri(cfg.output):
+        with local_input(cfg.prompts) as prompts, staged_output(cfg.output, cfg.resume) as output:
+            summary = sample_file(dataclasses.replace(cfg, prompts=prompts, output=output), actors)
+        print(f"uploaded {cfg.output}", file=sys.stderr)
+        return summary
     records = _checked(lambda: list(unique_ids(read_prompts(cfg.prompts))))
     if not records:  # say so before Ray starts, instead of an empty output that looks like a success
         raise ClusterError(f"prompts file {cfg.prompts!r} holds no prompts")

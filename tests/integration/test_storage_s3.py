@@ -2,6 +2,7 @@
 as objects, a rerun without its local out_dir continues from the bucket, a killed worker restarts from the
 bucket, the dataset comes from the bucket through each node's cache, and sampling reads a bucket checkpoint."""
 
+import json
 import os
 import shutil
 import signal
@@ -138,3 +139,19 @@ def test_sample_from_a_bucket_checkpoint_and_from_a_runs_folder(bucket_cluster, 
         assert cli.main(["sample", f"--ckpt_path={source}", *common]) == 0
     first, second = capsys.readouterr().out.split("---------------")[:2]
     assert first.strip() and first.strip() == second.strip()  # the same checkpoint, the same seed
+
+
+@pytest.mark.timeout(180)
+def test_batch_sampling_reads_prompts_from_and_writes_every_id_once_to_the_bucket(bucket_cluster, uninterrupted):
+    s3 = bucket_cluster["s3"]
+    prompts = "".join(json.dumps({"id": i, "prompt": "!#"}) + "\n" for i in range(6))
+    s3.client().put_object(Bucket=s3.bucket, Key="batch/prompts.jsonl", Body=prompts.encode())
+    output = f"s3://{s3.bucket}/batch/results.jsonl"
+    argv = ["sample", f"--ckpt_path=s3://{s3.bucket}/exp/out", f"--prompts=s3://{s3.bucket}/batch/prompts.jsonl",
+            f"--output={output}", "--max_new_tokens=4", "--num_samples=1", "--device=cpu", "--num_actors=1"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--resume=True"]) == 0  # nothing left to do: the bucket's rows are kept, none doubled
+    body = s3.client().get_object(Bucket=s3.bucket, Key="batch/results.jsonl")["Body"].read().decode()
+    rows = [json.loads(line) for line in body.splitlines()]
+    assert sorted(r["id"] for r in rows) == list(range(6))
+    assert all(r["completion"] and r["error"] is None for r in rows)
