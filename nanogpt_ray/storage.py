@@ -312,10 +312,10 @@ def cache_root() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nanogpt-ray")
 
 
-def cache_dir_for(uri: str) -> str:
-    """A readable, collision-free folder name for a URI: bucket/prefix plus a short hash of the whole URI."""
+def cache_dir_for(uri: str, kind: str = "datasets") -> str:
+    """This node's folder for a URI (kind: datasets, sweeps): bucket/prefix plus a short hash of the whole URI."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", str(uri).split("://", 1)[-1].strip("/"))[-80:]
-    return os.path.join(cache_root(), "datasets", f"{readable}-{hashlib.sha256(str(uri).encode()).hexdigest()[:12]}")
+    return os.path.join(cache_root(), kind, f"{readable}-{hashlib.sha256(str(uri).encode()).hexdigest()[:12]}")
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from .config import (
     TrainConfig,
     coerce,
     config_fields,
+    is_uri,
     load_config,
     model_preset,
     split_args,
@@ -83,7 +84,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
         if key not in fields:
             raise SweepError(f"unknown config key {key!r} in the sweep's overrides")
         value = coerce(TrainConfig, key, value)
-        if key in PATH_KEYS and value:
+        if key in PATH_KEYS and value and not is_uri(value):
             value = os.path.abspath(os.path.expanduser(value))
         values[key] = value
     try:
@@ -183,11 +184,14 @@ class TrialSettings:
     workers_per_trial: int
     cpus_per_worker: float
     use_gpu: bool
+    local_dir: str = ""
+    """Where trials keep their local out_dir when sweep_dir is a URI (a bucket holds their Ray checkpoints)."""
 
     def train_overrides(self, trial_id: str) -> dict:
         """Where a trial trains and on how many workers: its own out_dir and Ray Train run, named by trial id."""
         trials_dir = os.path.join(self.sweep_dir, "trials")
-        return dict(out_dir=os.path.join(trials_dir, trial_id, "out"), storage_path=trials_dir, run_name=trial_id,
+        out_root = os.path.join(self.local_dir, "trials") if is_uri(self.sweep_dir) else trials_dir
+        return dict(out_dir=os.path.join(out_root, trial_id, "out"), storage_path=trials_dir, run_name=trial_id,
                     num_workers=self.workers_per_trial, cpus_per_worker=self.cpus_per_worker)
 
 
@@ -283,7 +287,35 @@ def _trial_id_from_path(path: str) -> str:
     return os.path.basename(os.path.normpath(path))
 
 
+def local_sweep_dir(sweep_dir: str) -> str:
+    """Where a sweep's local files go: sweep_dir itself, or for a URI this machine's mirror of it (the report is
+    written there, then uploaded; trials keep their out_dir there)."""
+    if not is_uri(sweep_dir):
+        return sweep_dir
+    from .storage import cache_dir_for
+
+    return cache_dir_for(sweep_dir, "sweeps")
+
+
+REPORT_FILES = ("results.csv", "best_config.py", "plots", "tensorboard")
+
+
 def write_report(sweep: SweepConfig, base: TrainConfig, records: list[TrialRecord], sweep_dir: str) -> SweepReport:
+    """REPORT_FILES in sweep_dir; for a URI they are written to local_sweep_dir first, then uploaded."""
+    if is_uri(sweep_dir):
+        from .storage import join, upload_dir, write_bytes
+
+        local = local_sweep_dir(sweep_dir)
+        report = write_report(sweep, base, records, local)
+        for name in REPORT_FILES:
+            path = os.path.join(local, name)
+            if os.path.isdir(path):
+                upload_dir(path, join(sweep_dir, name))
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    write_bytes(join(sweep_dir, name), f.read())
+        print(f"uploaded {', '.join(REPORT_FILES)} to {sweep_dir}")
+        return report
     rows = summarize(records)
     report = SweepReport(sweep_dir=sweep_dir, rows=rows, records=records)
     print(format_table(rows))

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .config import PATH_KEYS, TrainConfig, UserError, field_doc, missing_extra
+from .config import PATH_KEYS, TrainConfig, UserError, field_doc, is_uri, missing_extra
 from .files import atomic_open, atomic_write_text
 
 METRIC = "val_loss"
@@ -142,7 +142,7 @@ def write_best_config(cfg: TrainConfig, path: str, comment: str = "") -> str:
         lines += [f"# {line}" for line in comment.splitlines()] + [""]
     for f in dataclasses.fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if f.name in PATH_KEYS and value:
+        if f.name in PATH_KEYS and value and not is_uri(value):
             value = os.path.abspath(os.path.expanduser(value))  # the file may be run from anywhere
         elif value == getattr(defaults, f.name):
             continue

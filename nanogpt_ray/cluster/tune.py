@@ -17,6 +17,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ..config import SweepConfig, TrainConfig
 from ..preflight import check_dataset, resolve_use_gpu
+from ..storage import check_writable, exists, is_uri, join
 from ..sweep import (
     DRIVER_CPUS,
     METRIC,
@@ -25,6 +26,7 @@ from ..sweep import (
     SweepReport,
     TrialSettings,
     base_train_config,
+    local_sweep_dir,
     num_trials,
     records_from_results,
     search_axes,
@@ -70,9 +72,10 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
     if sweep.scaling_law and sweep.scheduler == "asha":
         print("scaling_law: every size runs the whole token budget, so ASHA is off for this sweep")
     n_trials = num_trials(axes, sweep.num_samples)
-    sweep_dir = os.path.abspath(sweep.sweep_dir())
+    sweep_dir = sweep.sweep_dir() if is_uri(sweep.sweep_dir()) else os.path.abspath(sweep.sweep_dir())
 
     check_dataset(base)  # a missing dataset fails here in one line, not in every trial
+    check_writable(sweep.storage_path, "storage_path")  # a bucket: unknown scheme, no bucket, no credentials...
     init_ray(sweep)
     first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=1.0)
     use_gpu = resolve_use_gpu(first_trial, ray.cluster_resources().get("GPU", 0))
@@ -86,7 +89,7 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
     settings = TrialSettings(sweep_dir=sweep_dir, workers_per_trial=sweep.workers_per_trial,
-                             cpus_per_worker=sweep.cpus_per_worker, use_gpu=use_gpu)
+                             cpus_per_worker=sweep.cpus_per_worker, use_gpu=use_gpu, local_dir=local_sweep_dir(sweep_dir))
     resources = {"cpu": DRIVER_CPUS}
     trainable = tune.with_resources(tune.with_parameters(train_driver_fn, base=dataclasses.asdict(base), settings=settings),
                                     resources)
@@ -94,7 +97,7 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
         print(f"resuming sweep {sweep_dir}: finished trials are kept, unfinished ones continue")
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if os.path.exists(os.path.join(sweep_dir, "tuner.pkl")) and not sweep.resume:
+        if exists(join(sweep_dir, "tuner.pkl")) and not sweep.resume:
             raise SweepError(f"sweep {sweep_dir} already exists; pass --resume=True to continue it, "
                              "or choose another --sweep_name")
         sched = None
@@ -106,7 +109,7 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
             trainable,
             param_space=_tune_space(axes),
             tune_config=tune.TuneConfig(scheduler=sched, num_samples=sweep.num_samples, max_concurrent_trials=concurrency),
-            run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=os.path.dirname(sweep_dir),
+            run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=sweep_dir.rstrip("/").rsplit("/", 1)[0],
                                       failure_config=tune.FailureConfig(max_failures=0), verbose=1),
         )
     result_grid = tuner.fit()

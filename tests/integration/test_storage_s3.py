@@ -155,3 +155,29 @@ def test_batch_sampling_reads_prompts_from_and_writes_every_id_once_to_the_bucke
     rows = [json.loads(line) for line in body.splitlines()]
     assert sorted(r["id"] for r in rows) == list(range(6))
     assert all(r["completion"] and r["error"] is None for r in rows)
+
+
+@pytest.mark.timeout(400)
+def test_asha_sweep_to_the_bucket_then_resume_from_it(bucket_cluster, tmp_path, monkeypatch):
+    import dataclasses
+
+    from nanogpt_ray.cluster.tune import run_sweep
+    from nanogpt_ray.config import SweepConfig
+    from tests.sweep_data import TRAIN, write_dataset
+
+    s3 = bucket_cluster["s3"]
+    monkeypatch.chdir(tmp_path)  # a URI taken for a local path would show up here as a folder named 's3:'
+    train = dict(TRAIN, data_root=write_dataset(tmp_path), max_iters=40, lr_decay_iters=40)
+    sweep = SweepConfig(train_overrides=train, learning_rates=[3e-3, 1e-5], model_sizes=["tiny"], scheduler="asha",
+                        grace_period=20, reduction_factor=2, workers_per_trial=1, cpus_per_worker=0.99,
+                        storage_path=f"s3://{s3.bucket}/sweeps", sweep_name="asha")
+    report = run_sweep(sweep)
+    assert len(report.rows) == 2 and all(r["status"] == "done" for r in report.rows), report.rows
+    keys = s3.keys("sweeps/asha/")
+    for name in ("results.csv", "best_config.py", "tuner.pkl"):
+        assert f"sweeps/asha/{name}" in keys, keys
+    assert any(k.startswith("sweeps/asha/plots/") and k.endswith(".png") for k in keys)
+    assert any("/trials/" in k and k.endswith("/" + CKPT_NAME) for k in keys)  # the trials' Ray checkpoints
+    assert not list(tmp_path.glob("s3:*"))
+    again = run_sweep(dataclasses.replace(sweep, resume=True))  # restored from the bucket: finished trials kept
+    assert sorted((r["trial"], r["iters_run"]) for r in again.rows) == sorted((r["trial"], r["iters_run"]) for r in report.rows)
