@@ -22,7 +22,7 @@ from tests.train_data import make_dataset, tiny_config
 pytestmark = pytest.mark.ray
 
 # dropout > 0: a resume must restore every rank's dropout RNG too, or the weights drift apart
-COMMON = dict(num_workers=2, max_iters=60, eval_interval=20, log_interval=20, dropout=0.1, max_failures=2)
+COMMON = dict(num_workers=2, max_iters=100, eval_interval=20, log_interval=20, dropout=0.1, max_failures=2)
 
 
 @pytest.fixture(scope="module")
@@ -79,44 +79,40 @@ def uninterrupted(bucket_cluster, tmp_path_factory):
 def test_two_workers_checkpoint_to_the_bucket_with_data_from_the_bucket(bucket_cluster, uninterrupted):
     result, root = uninterrupted
     s3 = bucket_cluster["s3"]
-    assert result.metrics["iter"] == 60 and result.metrics["world_size"] == 2
+    assert result.metrics["iter"] == 100 and result.metrics["world_size"] == 2
     assert result.checkpoint.path.startswith(f"{s3.bucket}/exp/out/checkpoint_")  # Ray's view: an object prefix
     keys = s3.keys("exp/out/")
     checkpoints = [k for k in keys if k.endswith("/" + CKPT_NAME)]
     assert len(checkpoints) == 2  # num_checkpoints_to_keep
     assert not [p for p in root.rglob("s3:*")] and not (root / "out" / "ray").exists()
-    assert _weights(root / "out")["iter_num"] == 60  # out_dir keeps its nanoGPT meaning: the latest ckpt.pt
+    assert _weights(root / "out")["iter_num"] == 100  # out_dir keeps its nanoGPT meaning: the latest ckpt.pt
     cached = list(bucket_cluster["cache"].glob("nanogpt-ray/datasets/*/train.bin"))
     assert len(cached) == 1  # both workers of the node share one copy
 
 
-@pytest.mark.timeout(300)
-def test_rerun_without_the_local_out_dir_continues_from_the_bucket_bit_for_bit(bucket_cluster, uninterrupted, tmp_path):
-    train(_cfg(bucket_cluster, tmp_path / "out", "resume", max_iters=20))
-    shutil.rmtree(tmp_path / "out")  # what a replacement node has: nothing local
-    result = train(_cfg(bucket_cluster, tmp_path / "out", "resume"))
-    assert result.metrics["resumed_from"] == 20 and result.metrics["iter"] == 60
-    _assert_same_state(_weights(tmp_path / "out"), _weights(uninterrupted[1] / "out"))
-
-
-@pytest.mark.timeout(300)
-def test_a_killed_worker_restarts_from_the_bucket_checkpoint(bucket_cluster, uninterrupted, tmp_path):
+@pytest.mark.timeout(400)
+def test_rerun_without_out_dir_and_a_killed_worker_both_continue_from_the_bucket_bit_for_bit(
+        bucket_cluster, uninterrupted, tmp_path):
+    """One run, interrupted twice: stopped at iteration 20 and rerun with its local out_dir deleted (what a
+    replacement node has), then a worker SIGKILLed once the rerun has committed a checkpoint. It ends with the
+    weights and optimizer state of the uninterrupted run."""
     from ray.util.state import list_actors
 
     out_dir = tmp_path / "out"
-    cfg = _cfg(bucket_cluster, out_dir, "killed")
+    train(_cfg(bucket_cluster, out_dir, "resume", max_iters=20))
+    shutil.rmtree(out_dir)
     outcome = {}
 
     def run():
         try:
-            outcome["result"] = train(cfg)
+            outcome["result"] = train(_cfg(bucket_cluster, out_dir, "resume"))
         except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = e
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.time() + 120
-    while not (out_dir / CKPT_NAME).exists():  # written once Ray has committed a checkpoint to the bucket
+    deadline = time.time() + 180
+    while not (out_dir / CKPT_NAME).exists():  # written once Ray has committed the rerun's first checkpoint
         assert time.time() < deadline and thread.is_alive(), outcome
         time.sleep(0.05)
     address = bucket_cluster["context"].address_info["gcs_address"]
@@ -124,9 +120,11 @@ def test_a_killed_worker_restarts_from_the_bucket_checkpoint(bucket_cluster, uni
                           detail=True)
     assert len(workers) == 2
     os.kill(workers[-1].pid, signal.SIGKILL)
-    thread.join(timeout=240)
+    thread.join(timeout=300)
     assert not thread.is_alive() and "error" not in outcome, outcome
-    assert outcome["result"].metrics["resumed_from"] >= 20  # the new group started from a bucket checkpoint
+    result = outcome["result"]
+    assert result.metrics["iter"] == 100
+    assert result.metrics["resumed_from"] >= 40  # the restarted group started from the rerun's bucket checkpoint
     _assert_same_state(_weights(out_dir), _weights(uninterrupted[1] / "out"))
 
 
