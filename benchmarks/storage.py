@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     try:
         for name in shapes:
             ckpt = checkpoint_for(SHAPES[name])
-            for where, uri in (("local disk", local_root), ("S3 server", f"s3://{args.bucket}/bench")):
+            for where, uri in (("local disk", os.path.join(local_root, name)), ("S3 server", f"s3://{args.bucket}/{name}")):
                 r = measure(ckpt, uri, repeats)
                 # local storage: Ray gets hard links (cluster/train.py), so the loop waits for the write alone
                 blocked_sync = r["write_s"] + r["upload_s"]
