@@ -472,6 +472,8 @@ class BenchConfig:
     profile_dir: str = "bench_profile"
     warmup_steps: int = 10
     timed_steps: int = 20
+    grad_clip: float = 1.0
+    """Clip the gradient norm at this value each step, as training does (TrainConfig.grad_clip); 0 disables."""
     cluster: bool = False
     """One benchmark actor per GPU (or per node on CPU clusters), spread over the Ray cluster."""
     scaling: bool = False
