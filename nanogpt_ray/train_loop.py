@@ -433,7 +433,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     rank, world_size = runtime.rank, runtime.world_size
     master_process = rank == 0
     if cfg.gradient_accumulation_steps % world_size != 0:
-        raise ValueError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by the "
+        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by the "
                          f"{world_size} workers")
     m = cfg.gradient_accumulation_steps // world_size  # micro-steps on this worker
     tokens_per_iter = cfg.tokens_per_iter()
