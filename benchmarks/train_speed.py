@@ -25,6 +25,7 @@ The config is nanoGPT's README quick start: train_shakespeare_char.py --device=c
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import pathlib
@@ -37,7 +38,7 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHAKESPEARE = pathlib.Path(os.environ.get("SHAKESPEARE_INPUT", REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
+SHIPPED_CORPUS = REPO / "data" / "shakespeare_char" / "input.txt.gz"  # the same text nanoGPT downloads
 
 QUICKSTART = dict(  # nanoGPT README's CPU run of config/train_shakespeare_char.py
     dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=12, block_size=64, n_layer=4, n_head=4,
@@ -66,7 +67,8 @@ def prepare_nanogpt(nanogpt_dir: pathlib.Path, work: pathlib.Path) -> pathlib.Pa
     if not (copy / "data" / "shakespeare_char" / "meta.pkl").exists():
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(nanogpt_dir, copy, ignore=shutil.ignore_patterns(".git", "out*"))
-        shutil.copy(SHAKESPEARE, copy / "data" / "shakespeare_char" / "input.txt")  # its prepare.py would download it
+        with gzip.open(SHIPPED_CORPUS, "rb") as src, open(copy / "data" / "shakespeare_char" / "input.txt", "wb") as dst:
+            shutil.copyfileobj(src, dst)  # present, so its prepare.py downloads nothing
         subprocess.run([sys.executable, "prepare.py"], cwd=copy / "data" / "shakespeare_char", check=True,
                        stdout=subprocess.DEVNULL)
     return copy

@@ -56,7 +56,8 @@ def uninterrupted(data_root, tmp_path_factory):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_one_worker_trains_in_this_process_without_a_ray_cluster(data_root, tmp_path, capsys, num_workers):
-    result = launch(_cfg(data_root, tmp_path / "out", num_workers=num_workers, max_iters=10, eval_interval=5))
+    wandb = dict(wandb_log=True, wandb_project="nanogpt-test") if num_workers == 0 else {}  # offline (conftest)
+    result = launch(_cfg(data_root, tmp_path / "out", num_workers=num_workers, max_iters=10, eval_interval=5, **wandb))
     out = capsys.readouterr().out
     assert "local mode" in out and "--num_workers=2" in out  # the start line names the mode and the other one
     assert not ray.is_initialized()  # no ray.init: no cluster, no controller, no worker actors
@@ -65,6 +66,10 @@ def test_one_worker_trains_in_this_process_without_a_ray_cluster(data_root, tmp_
     assert result.metrics["cpu_threads"] == torch.get_num_threads()  # torch's default threads, as nanoGPT
     assert _weights(tmp_path / "out")["iter_num"] == 10  # out_dir/ckpt.pt is the checkpoint that lasts
     assert not (tmp_path / "out" / "ray").exists()  # nothing persisted to a storage_path
+    if wandb:
+        run_id = _weights(tmp_path / "out")["resume"]["wandb_run_id"]
+        run_file = next((tmp_path / "out" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+        assert b"val/loss" in run_file.read_bytes()
 
 
 @pytest.mark.timeout(120)
