@@ -161,6 +161,8 @@ def run_bench(cfg: BenchConfig | dict, verbose: bool = True) -> dict:
         with ctx:
             _, loss = model(X, Y)
         loss.backward()
+        if cfg.grad_clip:  # part of every training step, so the step timed here is the one the loop runs
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss

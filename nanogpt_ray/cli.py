@@ -81,7 +81,13 @@ def cmd_prepare(argv: list[str]) -> int:
 
 def cmd_train(argv: list[str]) -> int:
     if wants_help(argv):
-        print(format_help(TrainConfig, "train", "Train a GPT with nanoGPT's loop under Ray Train (TorchTrainer + DDP)."))
+        print(format_help(TrainConfig, "train", "Train a GPT with nanoGPT's loop under Ray Train (TorchTrainer + DDP).\n"
+                                                "One worker with no cluster named (no --address, RAY_ADDRESS or Ray job) "
+                                                "and no --storage_path runs in Ray Train's local mode: in this process, "
+                                                "no Ray cluster; under torchrun, DDP over its processes. --num_workers=2, "
+                                                "--address, min/max_workers or --storage_path run Ray Train workers; "
+                                                "--num_workers=0 asks for local mode. Local mode has no worker restarts "
+                                                "(rerun with --init_from=resume) and copies no checkpoints to storage_path."))
         return 0
     cfg = load(TrainConfig, argv)  # before importing Ray, so a typo is reported at once
     from .cluster.train import launch

@@ -208,7 +208,8 @@ class TrainConfig:
     """Base seed; worker r uses seed + r, as nanoGPT's seed_offset."""
     # Ray
     num_workers: int = 1
-    """Ray Train workers (DDP ranks); min_workers/max_workers make the group elastic instead."""
+    """Ray Train workers (DDP ranks); min_workers/max_workers make the group elastic instead. 0 is Ray Train's
+    local mode (this process, no cluster), which one worker with no cluster named and no storage_path gets too."""
     min_workers: int = 0
     """Elastic training (with max_workers; 0 = a fixed num_workers): Ray Train runs between min_workers and
     max_workers workers as the cluster's nodes come and go, restarting from the latest checkpoint at each
@@ -260,9 +261,11 @@ class TrainConfig:
             raise ConfigError(f"cpus_per_worker={self.cpus_per_worker} must be >= 0 (0 picks it from the cluster)")
         if self.report_interval < 0:
             raise ConfigError(f"report_interval={self.report_interval} must be >= 0 (0 reports at evaluations only)")
-        for key in ("gradient_accumulation_steps", "batch_size", "num_workers", "eval_iters", "log_interval", "eval_interval"):
+        for key in ("gradient_accumulation_steps", "batch_size", "eval_iters", "log_interval", "eval_interval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers={self.num_workers} must be >= 0 (0 is Ray Train's local mode)")
         if self.max_iters < 0:
             raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
         if self.parallelism == "fsdp" and self.dtype == "float16":
@@ -293,14 +296,15 @@ class TrainConfig:
 
     def worker_counts(self) -> range:
         """Every worker count the run may train on."""
-        return range(self.min_workers, self.max_workers + 1) if self.is_elastic() else range(self.num_workers, self.num_workers + 1)
+        fixed = max(1, self.num_workers)  # local mode: one process (torchrun's ranks are checked by the loop)
+        return range(self.min_workers, self.max_workers + 1) if self.is_elastic() else range(fixed, fixed + 1)
 
     def tokens_per_iter(self) -> int:
         """Global tokens per optimizer step, independent of num_workers."""
         return self.gradient_accumulation_steps * self.batch_size * self.block_size
 
     def micro_steps_per_worker(self) -> int:
-        return self.gradient_accumulation_steps // self.num_workers
+        return self.gradient_accumulation_steps // max(1, self.num_workers)
 
     def dataset_dir(self) -> str:
         return os.path.join(self.data_root, self.dataset)
@@ -468,6 +472,8 @@ class BenchConfig:
     profile_dir: str = "bench_profile"
     warmup_steps: int = 10
     timed_steps: int = 20
+    grad_clip: float = 1.0
+    """Clip the gradient norm at this value each step, as training does (TrainConfig.grad_clip); 0 disables."""
     cluster: bool = False
     """One benchmark actor per GPU (or per node on CPU clusters), spread over the Ray cluster."""
     scaling: bool = False

@@ -20,9 +20,9 @@ Contracts worth knowing before reading the loop:
   The check costs no host sync: the flag stays on the device and is read where nanoGPT reads the loss anyway
   (each log line) and before every eval, so no checkpoint ever holds a non-finite step. A rollback moves
   the data past the offending iteration's batches (nan_skip_batches) and may lower the lr (nan_lr_scale).
-  Test hook: NANOGPT_RAY_INJECT_NAN_AT_ITER=ITER[:TIMES] makes rank 0's loss NaN at iteration ITER
-  (the first TIMES times that iteration runs in this process; default once); ITER:batch makes it NaN every
-  time the batch first seen at iteration ITER comes back.
+  Tests make a loss non-finite through the runtime (`Runtime.on_loss`), never through the environment.
+- Step time: ms/iter and MFU are read after a synchronize at each log line on a GPU, so they count the work
+  the GPU did, not only what the CPU queued.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from .parallel import data_parallel, full_state, is_sharded, load_full_state, se
 from .storage import local_dataset_dir
 from .tokenizer import model_vocab_size, read_meta
 
-INJECT_NAN_ENV = "NANOGPT_RAY_INJECT_NAN_AT_ITER"
 STARTUP_T0_ENV = "NANOGPT_RAY_T0"  # when the command started (epoch seconds), for --verbose's startup breakdown
 
 
@@ -124,6 +123,11 @@ class Runtime:
     def send(self, metrics: dict, checkpoint_dir: str | None) -> None:
         """Hand a report to the launcher; nothing to do in a plain process."""
 
+    def on_loss(self, loss: torch.Tensor, iter_num: int, micro_step: int, X: torch.Tensor) -> torch.Tensor:
+        """Each micro-step's loss on its way to the backward pass; unchanged here. The seam where tests
+        inject faults (a NaN at a chosen iteration) into any runtime."""
+        return loss
+
     def _wall_tokens_per_s(self, metrics: dict) -> float:
         """Tokens/s from the first log report to now, everything included (eval, reports, checkpoints)."""
         now, it = time.time(), int(metrics.get("iter", 0))
@@ -166,31 +170,6 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     decay_ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-class NanHook:
-    """The test hook NANOGPT_RAY_INJECT_NAN_AT_ITER (see the module docstring)."""
-
-    def __init__(self, value: str):
-        at, _, times = value.partition(":")
-        self.at, self.per_batch = int(at), times == "batch"
-        self.times = 1 if self.per_batch or not times else int(times)
-        self.fired, self.batch = 0, None
-
-    @classmethod
-    def from_env(cls) -> "NanHook | None":
-        value = os.environ.get(INJECT_NAN_ENV, "")
-        return cls(value) if value else None
-
-    def fires(self, iter_num: int, X: torch.Tensor) -> bool:
-        if self.per_batch:
-            if self.batch is None and iter_num == self.at:
-                self.batch = X.clone()
-            return self.batch is not None and torch.equal(X, self.batch)
-        if iter_num == self.at and self.fired < self.times:
-            self.fired += 1
-            return True
-        return False
 
 
 class NonFiniteWatch:
@@ -454,7 +433,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     rank, world_size = runtime.rank, runtime.world_size
     master_process = rank == 0
     if cfg.gradient_accumulation_steps % world_size != 0:
-        raise ValueError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by the "
+        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide by the "
                          f"{world_size} workers")
     m = cfg.gradient_accumulation_steps // world_size  # micro-steps on this worker
     tokens_per_iter = cfg.tokens_per_iter()
@@ -519,7 +498,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                     node_id=runtime.node_id(), tokens_per_iter=tokens_per_iter, cpu_threads=threads)
 
     # ------------------------------------------------------------------ training loop
-    nan_hook, nonfinite = NanHook.from_env(), NonFiniteWatch(device)
+    nonfinite = NonFiniteWatch(device)
     local_iter_num = 0
     running_mfu = -1.0
     step_time, steps_timed = 0.0, 0  # training time since the last log line (eval and reports left out)
@@ -564,8 +543,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
             set_grad_sync(model, micro_step == m - 1)  # one gradient sync per iteration (not m), on the last
             with ctx:
                 _, loss = model(X, Y)
-                if nan_hook and master_process and micro_step == 0 and nan_hook.fires(state.iter_num, X):
-                    loss = loss * float("nan")  # test hook (NANOGPT_RAY_INJECT_NAN_AT_ITER)
+                loss = runtime.on_loss(loss, state.iter_num, micro_step, X)
                 loss_sum += loss.detach().double()
                 loss = loss / m  # DDP and FSDP average over ranks, so the gradient is the mean over all micro-steps
             if micro_step < m - 1:
@@ -585,6 +563,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
 
         state.iter_num += 1
         local_iter_num += 1
+        if device_type == "cuda" and state.iter_num % cfg.log_interval == 0:
+            torch.cuda.synchronize()  # the GPU may still run queued steps: time them too, not just the queueing
         step_time += time.time() - t_iter
         steps_timed += 1
         # the non-finite check, at the host syncs the loop makes anyway: each log line, and before each eval

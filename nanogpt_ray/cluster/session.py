@@ -17,7 +17,7 @@ import ray
 from ..config import UserError
 
 # Environment variables the workers need from the driver (Ray only propagates its own).
-WORKER_ENV_VARS = ("NANOGPT_RAY_INJECT_NAN_AT_ITER", "NANOGPT_RAY_T0", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_ENTITY",
+WORKER_ENV_VARS = ("NANOGPT_RAY_T0", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_ENTITY",
                    "TIKTOKEN_CACHE_DIR", "HF_HUB_OFFLINE", "HF_HOME", "NANOGPT_RAY_GPT2_RANKS")
 # How often the Train controller polls workers; each report can wait this long. Ray's default is 2 s.
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"

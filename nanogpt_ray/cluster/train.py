@@ -8,6 +8,8 @@ sweeps and the scaling benchmark share it), and the driver that checks, launches
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 import sys
@@ -24,7 +26,8 @@ from ..checkpoint import CKPT_NAME
 from ..config import TrainConfig, UserError, from_dict, to_dict
 from ..device import choose_device
 from ..files import fsync_dir
-from ..preflight import LaunchError, check_local, check_placement, run_dir, run_has_checkpoint
+from ..launch_mode import LaunchMode, choose_launch_mode
+from ..preflight import LaunchError, check_dataset, check_local, check_placement, check_resume, run_dir, run_has_checkpoint
 from ..storage import is_uri
 from ..train_loop import PROCESS_T0, STARTUP_T0_ENV, Runtime, mark_startup, train
 from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars
@@ -32,6 +35,8 @@ from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_va
 # Ray Train V2 routes workers' print() through its logger (each of our log lines then reached the console
 # twice) and logs every report at INFO; a training log should read like nanoGPT's. Set either to 1 to undo.
 QUIET_WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0"}
+# Local mode logs that it runs (the start line says so) and every report at INFO, each as a line of its own
+QUIET_LOCAL_MODE_LOGGERS = ("ray.train.v2.api.config", "ray.train.v2._internal.execution.train_fn_utils")
 
 
 # ----------------------------------------------------------------------------- inside each worker
@@ -116,11 +121,29 @@ def materialize(checkpoint) -> str:
     return checkpoint.to_directory(tempfile.mkdtemp(prefix="nanogpt-ckpt-"))
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict, runtime_class: type[RayRuntime] = RayRuntime) -> None:
     """What TorchTrainer runs on every worker. Returns nothing: Ray pickles a return value back to the
-    controller, so results travel through reports only."""
+    controller, so results travel through reports only. Tests pass a runtime_class that injects faults."""
     cfg = from_dict(TrainConfig, config)
-    train(config, RayRuntime(None if is_uri(run_dir(cfg)) else run_dir(cfg), cfg.report_interval))
+    train(config, runtime_class(None if is_uri(run_dir(cfg)) else run_dir(cfg), cfg.report_interval))
+
+
+class LocalModeRuntime(Runtime):
+    """The loop's runtime in Ray Train's local mode: this process, or each rank of torchrun (Ray has set up the
+    process group by now). Everything but the reports is the plain runtime's: torch's default threads, this
+    host's name (ray.get_runtime_context() would start a cluster), rollbacks from out_dir/ckpt.pt (local mode
+    keeps no checkpoints of its own: get_all_reported_checkpoints is empty there)."""
+
+    def send(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        # the run's result is the last report; reporting the checkpoint would hand back a temporary folder the
+        # loop has already renamed into out_dir/ckpt.pt, the only copy local mode keeps
+        if "val_loss" in metrics:
+            ray.train.report(metrics)
+
+
+def train_loop_local(config: dict, runtime_class: type[LocalModeRuntime] = LocalModeRuntime) -> None:
+    """What TorchTrainer runs in local mode (ScalingConfig(num_workers=0)), in this process."""
+    train(config, runtime_class())
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -169,10 +192,18 @@ def scaling_config(cfg: TrainConfig, use_gpu: bool, resources: dict) -> ScalingC
                          resources_per_worker=resources, placement_strategy=cfg.placement_strategy)
 
 
+def build_local_trainer(cfg: TrainConfig, worker_fn=train_loop_local) -> TorchTrainer:
+    """Ray Train's local mode: the same TorchTrainer API, run in this process with no cluster (under torchrun,
+    Ray initialises the process group from torchrun's environment: gloo on CPU, NCCL with GPUs)."""
+    return TorchTrainer(worker_fn, train_loop_config=to_dict(cfg),
+                        scaling_config=ScalingConfig(num_workers=0),  # <- Ray: local mode
+                        run_config=RunConfig(name=cfg.resolved_run_name()))
+
+
 def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None, worker_fn=train_loop_per_worker,
                   loop_config: dict | None = None) -> TorchTrainer:
-    """The run's TorchTrainer. `callbacks` are Ray Train UserCallbacks (the sweep passes TuneReportCallback);
-    the scaling benchmark passes its own worker_fn and loop_config."""
+    """The run's TorchTrainer on Ray Train workers. `callbacks` are Ray Train UserCallbacks (the sweep passes
+    TuneReportCallback); the scaling benchmark passes its own worker_fn and loop_config."""
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_gpu else "gloo")
     env_vars = dict(QUIET_WORKER_ENV)
     env_vars.update(worker_env_vars(tuple(QUIET_WORKER_ENV)))
@@ -193,10 +224,15 @@ def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None
     )
 
 
-def launch(cfg: TrainConfig):
-    """Check, launch, wait; returns the ray.train.Result (metrics of the last report, latest checkpoint)."""
+def launch(cfg: TrainConfig, runtime_class: type | None = None):
+    """Check, launch, wait; returns the ray.train.Result (metrics of the last report; under Ray workers the
+    latest checkpoint too). Local mode or Ray Train workers as launch_mode.choose_launch_mode decides; tests
+    pass a runtime_class (a LocalModeRuntime or RayRuntime subclass) that injects faults."""
     os.environ.setdefault(STARTUP_T0_ENV, str(PROCESS_T0))  # the workers' --verbose clock starts with the command
     mark_startup(cfg, Runtime(), "driver imported")
+    mode = choose_launch_mode(cfg, os.environ, ray_connected=ray.is_initialized())
+    if mode.local:
+        return launch_local(cfg, mode, runtime_class)
     check_local(cfg)
     # the Train controller reads this from the driver's environment (and passes it on to the workers)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
@@ -204,14 +240,16 @@ def launch(cfg: TrainConfig):
         mark_startup(cfg, Runtime(), "Ray up (checks done)")
         cfg, use_gpu = check_cluster(cfg)
         workers = f"{cfg.min_workers}..{cfg.max_workers} (elastic)" if cfg.is_elastic() else cfg.num_workers
+        print(mode.start_line(), flush=True)
         print(f"tokens per iteration: {cfg.tokens_per_iter():,} on {workers} worker(s) "
               f"({'GPU' if use_gpu else f'CPU, {cfg.cpus_per_worker:g} each'}); run {cfg.resolved_run_name()!r} "
               f"in {cfg.resolved_storage_path()}", flush=True)
         if cfg.init_from != "resume" and run_has_checkpoint(cfg):
             print(f"note: run {run_dir(cfg)} already has checkpoints, so Ray resumes it; pass a new --out_dir or "
                   "--run_name for a fresh run", file=sys.stderr, flush=True)
+        worker_fn = functools.partial(train_loop_per_worker, runtime_class=runtime_class) if runtime_class else train_loop_per_worker
         try:
-            result = build_trainer(cfg, use_gpu).fit()
+            result = build_trainer(cfg, use_gpu, worker_fn=worker_fn).fit()
         except Exception as e:
             error = user_error_in(e)
             if error is not None:  # one line for the person, with the original chain kept for debugging
@@ -220,3 +258,24 @@ def launch(cfg: TrainConfig):
         if result.checkpoint is not None:
             print(f"latest checkpoint: {result.checkpoint.path} (and {os.path.join(cfg.out_dir, CKPT_NAME)})", flush=True)
         return result
+
+
+def launch_local(cfg: TrainConfig, mode: LaunchMode, runtime_class: type | None = None):
+    """Ray Train's local mode: no ray.init, no controller, no worker actors; out_dir/ckpt.pt is the checkpoint.
+    Under torchrun every rank runs this."""
+    check_dataset(cfg)
+    check_resume(cfg)
+    for name in QUIET_LOCAL_MODE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    if first_rank:
+        print(mode.start_line(), flush=True)
+        ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
+        if cfg.init_from != "resume" and os.path.exists(ckpt_path):
+            print(f"note: {ckpt_path} exists and this run starts from {cfg.init_from}, replacing it at its first "
+                  "checkpoint; pass --init_from=resume to continue it", file=sys.stderr, flush=True)
+    worker_fn = functools.partial(train_loop_local, runtime_class=runtime_class) if runtime_class else train_loop_local
+    result = build_local_trainer(cfg, worker_fn).fit()
+    if first_rank and os.path.exists(os.path.join(cfg.out_dir, CKPT_NAME)):
+        print(f"latest checkpoint: {os.path.join(cfg.out_dir, CKPT_NAME)}", flush=True)
+    return result

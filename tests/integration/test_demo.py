@@ -29,6 +29,7 @@ def test_the_demo_runs_offline_from_the_shipped_corpus(tmp_path):
     samples = done.stdout.split("---------------")
     assert len(samples) >= 3 and all(len(s.strip()) > 100 for s in samples[:2])  # two samples were printed
     assert "demo done" in done.stdout and "val loss:" in done.stdout and "nanogpt-ray serve" in done.stdout
+    assert "Ray Train workers" in done.stdout and "on 2 worker(s)" in done.stdout  # the tour shows Ray's workers
     # a local cluster runs without the dashboard, so Ray Train's placement-group cleaner cannot reach the State API;
     # it must not say so once a second in the person's terminal (it did, for the whole run)
     assert "Failed to query Ray Train Controller actor state" not in done.stdout + done.stderr

@@ -10,10 +10,12 @@ import torch
 
 from nanogpt_ray import cli
 from nanogpt_ray.checkpoint import CKPT_NAME
+from nanogpt_ray.cluster.train import RayRuntime
 from nanogpt_ray.cluster.train import launch as train
 from nanogpt_ray.config import TrainConfig, from_dict
 from nanogpt_ray.preflight import LaunchError
-from nanogpt_ray.train_loop import INJECT_NAN_ENV, run_bare
+from nanogpt_ray.train_loop import run_bare
+from tests.nan_injection import nan_runtime
 from tests.train_data import make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray
@@ -131,23 +133,23 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, da
 
 
 @pytest.mark.timeout(180)
-def test_nan_loss_rolls_back_to_the_last_checkpoint_and_replays(uninterrupted, data_root, tmp_path, monkeypatch):
-    monkeypatch.setenv(INJECT_NAN_ENV, "12")  # rank 0's loss is NaN the first time iteration 12 runs
+def test_nan_loss_rolls_back_to_the_last_checkpoint_and_replays(uninterrupted, data_root, tmp_path):
+    nan_at_12 = nan_runtime(RayRuntime, 12)  # rank 0's loss is NaN the first time iteration 12 runs
     # nan_skip_batches=False replays the same batches: the run must then equal the uninterrupted one
-    result = train(_cfg(data_root, tmp_path / "out", max_iters=20, nan_skip_batches=False, **RESUME))
+    result = train(_cfg(data_root, tmp_path / "out", max_iters=20, nan_skip_batches=False, **RESUME), nan_at_12)
     assert result.metrics["nan_rollbacks"] == 1
     # rolled back to iteration 10 with its RNG streams, so the replay is the uninterrupted run exactly
     _assert_same_state(_weights(tmp_path / "out"), uninterrupted)
 
 
 @pytest.mark.timeout(120)
-def test_nan_loss_that_persists_fails_at_once_naming_the_iteration(ray_start_2_cpus, data_root, tmp_path, monkeypatch):
+def test_nan_loss_that_persists_fails_at_once_naming_the_iteration(ray_start_2_cpus, data_root, tmp_path):
     import ray.train
 
-    monkeypatch.setenv(INJECT_NAN_ENV, "3:5")
+    nan_at_3 = nan_runtime(RayRuntime, 3, times=5)
     # max_failures=3: a diverged run fails the same way every time, so it must not use Ray's restart budget
     with pytest.raises(LaunchError, match=r"loss is nan at iteration 3; rolled back 1 times") as caught:
-        train(_cfg(data_root, tmp_path / "out", max_iters=6, eval_interval=2, max_nan_rollbacks=1, max_failures=3))
+        train(_cfg(data_root, tmp_path / "out", max_iters=6, eval_interval=2, max_nan_rollbacks=1, max_failures=3), nan_at_3)
     # stopped by the controller at the first worker error; a retried run ends in WorkerGroupError instead
     assert isinstance(caught.value.__cause__, ray.train.ControllerError)
     assert not isinstance(caught.value.__cause__, ray.train.WorkerGroupError)

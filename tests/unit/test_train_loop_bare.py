@@ -9,7 +9,8 @@ import torch
 
 from nanogpt_ray.checkpoint import CKPT_NAME
 from nanogpt_ray.config import TrainConfig, from_dict
-from nanogpt_ray.train_loop import get_lr, run_bare
+from nanogpt_ray.train_loop import Runtime, get_lr, run_bare, train
+from tests.nan_injection import nan_runtime
 from tests.train_data import make_dataset, tiny_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -24,6 +25,11 @@ def data_root(tmp_path_factory):
 
 def _run(data_root, out_dir, **overrides):
     return run_bare(from_dict(TrainConfig, tiny_config(data_root, out_dir, **overrides)))
+
+
+def _run_with_nan(data_root, out_dir, nan_at: int, per_batch: bool = False, **overrides):
+    """The bare loop with rank 0's loss NaN at iteration nan_at (once, or every time that batch comes back)."""
+    return train(tiny_config(data_root, out_dir, **overrides), nan_runtime(Runtime, nan_at, per_batch=per_batch)())
 
 
 @pytest.mark.timeout(120)
@@ -120,41 +126,35 @@ def test_a_gpt2_bpe_dataset_trains_with_nanogpts_padded_vocabulary(tmp_path):
 # ---------------------------------------------------------------------------- non-finite losses
 
 @pytest.mark.timeout(120)
-def test_a_bad_batch_is_skipped_after_the_rollback_instead_of_replayed(data_root, tmp_path, monkeypatch):
-    from nanogpt_ray.train_loop import INJECT_NAN_ENV, NonFiniteLossError
+def test_a_bad_batch_is_skipped_after_the_rollback_instead_of_replayed(data_root, tmp_path):
+    from nanogpt_ray.train_loop import NonFiniteLossError
 
     # the loss is NaN every time the batch first drawn at iteration 7 is seen: a bad batch, not bad luck
-    monkeypatch.setenv(INJECT_NAN_ENV, "7:batch")
-    runtime = _run(data_root, tmp_path / "skip", max_iters=12, eval_interval=5, log_interval=1, max_nan_rollbacks=2)
+    runtime = _run_with_nan(data_root, tmp_path / "skip", 7, per_batch=True, max_iters=12, eval_interval=5,
+                            log_interval=1, max_nan_rollbacks=2)
     last = runtime.history[-1]
     assert last["iter"] == 12 and last["nan_rollbacks"] == 1  # one rollback, then past the batch for good
     assert torch.load(tmp_path / "skip" / CKPT_NAME, weights_only=True)["resume"]["skip_iters"] == [7]
     # replaying the same batches meets the same NaN until the rollbacks run out
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at iteration 7; rolled back 2 times"):
-        _run(data_root, tmp_path / "replay", max_iters=12, eval_interval=5, log_interval=1, max_nan_rollbacks=2,
-             nan_skip_batches=False)
+        _run_with_nan(data_root, tmp_path / "replay", 7, per_batch=True, max_iters=12, eval_interval=5, log_interval=1,
+                      max_nan_rollbacks=2, nan_skip_batches=False)
 
 
 @pytest.mark.timeout(120)
-def test_nan_lr_scale_lowers_the_learning_rate_after_each_rollback(data_root, tmp_path, monkeypatch):
-    from nanogpt_ray.train_loop import INJECT_NAN_ENV
-
-    monkeypatch.setenv(INJECT_NAN_ENV, "7")
+def test_nan_lr_scale_lowers_the_learning_rate_after_each_rollback(data_root, tmp_path):
     cfg = dict(max_iters=12, eval_interval=5, log_interval=1, nan_lr_scale=0.5, decay_lr=False, learning_rate=1e-3)
-    runtime = _run(data_root, tmp_path / "out", **cfg)
+    runtime = _run_with_nan(data_root, tmp_path / "out", 7, **cfg)
     lrs = {h["iter"]: h["lr"] for h in runtime.history if "lr" in h}
     assert lrs[4] == pytest.approx(1e-3) and lrs[11] == pytest.approx(5e-4)
     assert runtime.history[-1]["nan_rollbacks"] == 1
 
 
 @pytest.mark.timeout(120)
-def test_the_non_finite_check_waits_for_the_log_line_but_never_saves_a_bad_step(data_root, tmp_path, monkeypatch):
-    from nanogpt_ray.train_loop import INJECT_NAN_ENV
-
+def test_the_non_finite_check_waits_for_the_log_line_but_never_saves_a_bad_step(data_root, tmp_path):
     # NaN at iteration 6, read at the next sync point (the eval at 10, log_interval 10): the run still rolls back
     # to the checkpoint of iteration 5 and ends with finite weights
-    monkeypatch.setenv(INJECT_NAN_ENV, "6")
-    runtime = _run(data_root, tmp_path / "out", max_iters=15, eval_interval=5, log_interval=10)
+    runtime = _run_with_nan(data_root, tmp_path / "out", 6, max_iters=15, eval_interval=5, log_interval=10)
     assert runtime.history[-1]["nan_rollbacks"] == 1
     ckpt = torch.load(tmp_path / "out" / CKPT_NAME, weights_only=True)
     assert ckpt["iter_num"] == 15 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
