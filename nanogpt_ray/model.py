@@ -16,12 +16,12 @@ Imports only torch (plus the standard library, and muon.py beside it, which impo
 
 import inspect
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .config import GPTConfig  # noqa: F401  (stdlib only: what a model is, one list for every module)
 from .muon import Muon
 
 
@@ -238,27 +238,6 @@ class Optimizers:
             opt.load_state_dict(state)
 
 
-@dataclass
-class GPTConfig:
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 for efficiency
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
-    gelu: str = "exact"  # "exact" (nanoGPT's nn.GELU()) or "tanh" (OpenAI GPT-2's approximation)
-    arch: str = "gpt2"  # "gpt2" (nanoGPT exactly) or "modern" (see the module docstring)
-
-    def __post_init__(self):
-        assert self.gelu in ("exact", "tanh"), f"gelu={self.gelu!r}; use 'exact' or 'tanh'"
-        assert self.arch in ARCHS, f"arch={self.arch!r}; use one of {', '.join(ARCHS)}"
-        if self.arch == "modern":
-            self.bias = False  # the recipe has no biases anywhere
-            assert (self.n_embd // self.n_head) % 2 == 0, "rotary embeddings need an even head size"
-
-
-ARCHS = ("gpt2", "modern")
 LOGIT_SOFTCAP = 15.0  # modern: logits = cap * tanh(logits / cap), so no logit can run away early in training
 
 
@@ -292,6 +271,12 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         if self.modern:
             torch.nn.init.zeros_(self.lm_head.weight)  # untied, so it may start at zero: uniform first predictions
+
+    @property
+    def relative_positions(self):
+        """True when attention sees only the distance between tokens (rotary), so a KV cache may slide past
+        block_size; learned absolute positions end at block_size."""
+        return self.modern
 
     def get_num_params(self, non_embedding=True):
         """Parameter count; position embeddings are left out by default, as they do no matmuls.

@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import GPT2_PRESETS, TrainConfig, UserError, from_dict, to_dict
+from .checkpoint import (CKPT_NAME, clean_state_dict, load_checkpoint, model_entries, model_from_checkpoint,
+                         save_checkpoint)
+from .config import GPT2_PRESETS, GPTConfig, TrainConfig, UserError, from_dict, to_dict
 from .data import check_block_size, check_token_ids, get_batch, load_split, skip_batch
 from .device import autocast_context, choose_device, default_peak_flops, enable_tf32, resolve_dtype
 from .files import move_into_place, remove_stale_partials, temp_name_beside
 from .hf import from_pretrained
-from .model import GPT, GPTConfig
+from .model import GPT
 from .parallel import data_parallel, full_state, is_sharded, load_full_state, set_grad_sync, shard_model, unwrap_ddp
 from .tokenizer import model_vocab_size, read_meta
 
@@ -143,7 +144,6 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     generators: dict[int, torch.Generator]  # the data stream of each global micro-step this worker runs
-    model_args: dict
     iter_num: int = 0
     best_val_loss: float = 1e9
     wandb_run_id: str | None = None
@@ -238,23 +238,19 @@ def log(runtime: Runtime, msg: str) -> None:
         print(msg, flush=True)
 
 
-def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime: Runtime):
-    """(model, model_args): from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size."""
+def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime: Runtime) -> GPT:
+    """The model from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size. Its config is
+    what checkpoints record."""
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
-        model_args = dict(ckpt["model_args"], gelu=model.config.gelu, arch=model.config.arch)  # nanoGPT checkpoints gain the keys
     elif cfg.init_from in GPT2_PRESETS or os.path.isdir(cfg.init_from):
         log(runtime, f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "gelu", "arch")}
-        model_args["dropout"] = cfg.dropout
     else:
-        model_args = dict(cfg.model_args(), vocab_size=model_vocab_size(meta))
-        model = GPT(GPTConfig(**model_args))
+        model = GPT(GPTConfig(**cfg.model_args(), vocab_size=model_vocab_size(meta)))
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)  # e.g. finetune GPT-2 (1024) with a shorter context
-        model_args["block_size"] = cfg.block_size
-    return model, model_args
+    return model
 
 
 def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -> None:
@@ -300,7 +296,7 @@ def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> di
     return {
         "model": clean_state_dict(model_sd),
         "optimizer": optim_sd,
-        "model_args": state.model_args,
+        **model_entries(state.model.config),
         "iter_num": state.iter_num,
         "best_val_loss": float(state.best_val_loss),
         "config": to_dict(cfg),
@@ -485,7 +481,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     if ckpt is not None:
         log(runtime, f"resuming from iteration {ckpt['iter_num']} ({ckpt_source})")
     meta = read_meta(cfg.dataset_dir())
-    model, model_args = build_model(cfg, ckpt, meta, runtime)
+    model = build_model(cfg, ckpt, meta, runtime)
     model.to(device)
     check_vocab(cfg, splits, model.config.vocab_size)
     model = shard_model(model, cfg.parallelism, world_size, device, dtype)  # FSDP2: before the optimizer sees it
@@ -495,7 +491,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                                              cfg.optimizer, cfg.muon_lr, cfg.muon_momentum),
         scaler=torch.amp.GradScaler(device_type, enabled=(dtype == "float16")),  # loss scaling only for fp16
         generators={k: torch.Generator().manual_seed(cfg.seed + k) for k in my_streams},
-        model_args=model_args, meta=dict(device_type=device_type),
+        meta=dict(device_type=device_type),
     )
     if ckpt is not None:
         state.iter_num = state.resumed_from = int(ckpt["iter_num"])

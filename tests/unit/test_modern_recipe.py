@@ -159,7 +159,7 @@ def test_modern_muon_resumes_bit_for_bit(data_root, tmp_path):
     _run(data_root, tmp_path / "half", max_iters=20, init_from="resume")
     a = torch.load(tmp_path / "full" / CKPT_NAME, weights_only=True)
     b = torch.load(tmp_path / "half" / CKPT_NAME, weights_only=True)
-    assert a["model_args"]["arch"] == "modern" and b["iter_num"] == 20
+    assert a["model_extras"]["arch"] == "modern" and b["iter_num"] == 20
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     muon_state, _ = b["optimizer"]["optimizers"]
