@@ -231,7 +231,7 @@ def modern_run(data_root, tmp_path_factory):
 
 def test_a_modern_checkpoint_samples_through_the_cli_past_its_context(modern_run, data_root, capsys):
     model, ckpt = load_model("resume", str(modern_run))
-    assert model.config.arch == "modern" and ckpt["model_args"]["arch"] == "modern"
+    assert model.config.arch == "modern" and ckpt["model_extras"]["arch"] == "modern"
     n = 40  # tiny_config's block_size is 32: the sliding cache takes over
     code = cli.main(["sample", f"--out_dir={modern_run}", f"--data_root={data_root}", "--start=!!", "--num_samples=1",
                      f"--max_new_tokens={n}", "--device=cpu", "--top_k=1", "--compile=False"])
