@@ -14,6 +14,7 @@ from nanogpt_ray.cluster.train import launch as train
 from nanogpt_ray.config import TrainConfig, from_dict
 from nanogpt_ray.preflight import LaunchError
 from nanogpt_ray.train_loop import INJECT_NAN_ENV, run_bare
+from tests.nanogpt_contract import assert_nanogpt_reads
 from tests.train_data import make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray
@@ -53,6 +54,7 @@ def test_two_worker_ddp_training_lowers_loss_and_checkpoint_loads_weights_only(t
     for key, value in ckpt["model"].items():  # out_dir/ckpt.pt is the run's latest Ray checkpoint
         assert torch.equal(value, ray_ckpt["model"][key])
     assert len(ckpt["resume"]["torch_rng"]) == 2  # every rank's RNG state
+    assert_nanogpt_reads(ckpt)  # nanoGPT's sample.py and train.py --init_from=resume read it
     # written once: Ray's copy in local storage and out_dir/ckpt.pt are the same file (hard link + rename)
     assert os.stat(out_dir / CKPT_NAME).st_ino == os.stat(os.path.join(result.checkpoint.path, CKPT_NAME)).st_ino
     assert not [p for p in os.listdir(out_dir) if p.endswith(".partial")]  # no temporary left behind
