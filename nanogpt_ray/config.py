@@ -40,6 +40,7 @@ Parallelism = typing.Literal["ddp", "fsdp"]
 PlacementStrategy = typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 Arch = typing.Literal["gpt2", "modern"]
 Gelu = typing.Literal["exact", "tanh"]
+DataOrder = typing.Literal["nanogpt", "worker_invariant"]
 DTYPES = typing.get_args(Dtype)
 BACKENDS = typing.get_args(Backend)
 
@@ -254,6 +255,12 @@ class TrainConfig(ModelOptions):
     """torch.compile the model (slow to start on CPU; the CPU configs turn it off)."""
     seed: int = 1337
     """Base seed; worker r uses seed + r, as nanoGPT's seed_offset."""
+    data_order: DataOrder = "nanogpt"
+    """Where batches' randomness comes from. 'nanogpt': torch's global generator, drawn in nanoGPT's order (model
+    init, the first batch, eval batches, training batches, dropout), so one process prints nanoGPT's losses; each
+    worker draws its own batches (seed + rank), so the worker count changes the run, as in nanoGPT.
+    'worker_invariant': each global micro-step and eval batch has a generator of its own, so any worker count
+    (and an elastic resize) trains on the same batches."""
     # Ray
     num_workers: int = 1
     """Ray Train workers (DDP ranks); min_workers/max_workers make the group elastic instead."""
