@@ -38,7 +38,9 @@ def _weights(out_dir) -> dict:
 @pytest.fixture(scope="module")
 def two_worker_run(ray_start_2_cpus, data_root, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp") / "out"
-    result = train(_cfg(data_root, out_dir, num_workers=2, max_iters=30, wandb_log=True, wandb_project="nanogpt-test"))
+    # nanoGPT's data order (the default): each rank draws from its own global generator, rank 0 evaluates
+    result = train(_cfg(data_root, out_dir, num_workers=2, max_iters=30, wandb_log=True, wandb_project="nanogpt-test",
+                        data_order="nanogpt"))
     return result, out_dir
 
 
