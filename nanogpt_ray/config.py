@@ -150,6 +150,13 @@ class GPTConfig(ModelOptions):
 
     vocab_size: int = PADDED_VOCAB_SIZE
     """Rows of the embedding and the head; a BPE vocabulary is padded to a multiple of 64."""
+    bias: bool | None = None
+    """None: the flavour's own, True for 'gpt2' (nanoGPT's GPTConfig default) and False for 'modern'."""
+
+    def __post_init__(self) -> None:
+        if self.bias is None:
+            self.bias = self.arch != "modern"
+        super().__post_init__()
 
     def nanogpt_args(self) -> dict:
         """checkpoint['model_args']: exactly the keys nanoGPT's GPTConfig takes (its sample.py and train.py
