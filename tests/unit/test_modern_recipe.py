@@ -19,8 +19,8 @@ from nanogpt_ray.bench import run_bench
 from nanogpt_ray.checkpoint import CKPT_NAME, load_model
 from nanogpt_ray.config import BenchConfig, ConfigError, TrainConfig, UserError, from_dict
 from nanogpt_ray.hf import export_hf
-from nanogpt_ray.model import GPT, GPTConfig, Optimizers
-from nanogpt_ray.muon import Muon
+from nanogpt_ray.model import GPT, GPTConfig
+from nanogpt_ray.muon import Muon, Optimizers
 from nanogpt_ray.train_loop import run_bare
 from tests.train_data import make_dataset, tiny_config
 
