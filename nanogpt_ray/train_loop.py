@@ -41,8 +41,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import (CKPT_NAME, clean_state_dict, load_checkpoint, model_entries, model_from_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (
+    CKPT_NAME,
+    clean_state_dict,
+    load_checkpoint,
+    model_entries,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from .config import GPT2_PRESETS, GPTConfig, TrainConfig, UserError, from_dict, to_dict
 from .data import MicroStepBatches, NanoGPTBatches, check_block_size, check_token_ids, get_batch, load_split
 from .device import autocast_context, choose_device, default_peak_flops, enable_tf32, resolve_dtype
@@ -380,7 +386,10 @@ def eval_batches(cfg: TrainConfig, data, split: str, device: str, runtime: Runti
     if cfg.data_order == "nanogpt":
         spare = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=device)
         for _ in range(cfg.eval_iters if rank == 0 or sharded else 0):
-            yield (*get_batch(data, cfg.batch_size, cfg.block_size, None, device), True) if rank == 0 else (spare, spare, False)
+            if rank == 0:
+                yield (*get_batch(data, cfg.batch_size, cfg.block_size, None, device), True)
+            else:
+                yield spare, spare, False
         return
     stop = -(-cfg.eval_iters // ws) * ws if sharded else cfg.eval_iters
     for j in range(rank, stop, ws):
