@@ -37,7 +37,7 @@ from .device import (
 )
 from .files import atomic_open, atomic_write_text
 from .model import GPT, GPTConfig
-from .tokenizer import read_meta
+from .tokenizer import model_vocab_size, read_meta
 
 
 class BenchError(UserError):
@@ -91,14 +91,15 @@ def peak_memory(device: str) -> tuple[int, str]:
 
 
 def bench_data(cfg: BenchConfig):
-    """The training tokens (a memmap) and the vocabulary size; (None, 50304) for random tokens."""
+    """The training tokens (a memmap) and the vocabulary size train's model gets (tokenizer.model_vocab_size);
+    (None, GPT-2's padded vocabulary) for random tokens."""
     if not cfg.real_data:
         return None, PADDED_VOCAB_SIZE
     dataset_dir = os.path.join(cfg.data_root, cfg.dataset)
     data = load_split(dataset_dir, "train")  # DataError naming `nanogpt-ray prepare <dataset>` when missing
     check_block_size(data, cfg.block_size, os.path.join(dataset_dir, "train.bin"))
     meta = read_meta(dataset_dir)
-    vocab_size = (meta or {}).get("vocab_size") or PADDED_VOCAB_SIZE
+    vocab_size = model_vocab_size(meta)
     check_token_ids(data, vocab_size, os.path.join(dataset_dir, "train.bin"))
     return data, vocab_size
 

@@ -1,7 +1,9 @@
 """nanoGPT-compatible checkpoints: ckpt.pt written atomically, loaded with weights_only=True.
 
 The dict keeps nanoGPT's keys ('model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config'),
-so a checkpoint moves both ways between nanoGPT and nanogpt-ray; our extra resume state sits in 'resume'.
+so a checkpoint moves both ways between nanoGPT and nanogpt-ray. 'model_args' holds exactly the keys nanoGPT's
+GPTConfig takes (its sample.py and train.py call GPTConfig(**model_args)); our model options sit in
+'model_extras' and our extra resume state in 'resume', both of which nanoGPT ignores.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import os
 
 import torch
 
-from .config import GPT2_PRESETS, UserError
+from .config import GPT2_PRESETS, GPTConfig, UserError
 from .files import atomic_open
 from .hf import from_pretrained
-from .model import GPT, GPTConfig
+from .model import GPT
 from .storage import StorageError, is_uri, latest_checkpoint_file, read_bytes
 
 CKPT_NAME = "ckpt.pt"
 REQUIRED_KEYS = ("model", "model_args")
-MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout", "gelu", "arch")
+EXTRAS_KEY = "model_extras"
 
 
 class CheckpointError(UserError):
@@ -75,13 +77,17 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
+def model_entries(config: GPTConfig) -> dict:
+    """The checkpoint's entries that say what the model is."""
+    return {"model_args": config.nanogpt_args(), EXTRAS_KEY: config.our_args()}
+
+
+def config_from_checkpoint(ckpt: dict, **overrides) -> GPTConfig:
+    return GPTConfig.from_checkpoint(ckpt["model_args"], ckpt.get(EXTRAS_KEY), **overrides)
+
+
 def model_from_checkpoint(ckpt: dict, dropout: float | None = None) -> GPT:
-    model_args = {k: ckpt["model_args"][k] for k in MODEL_ARG_KEYS if k in ckpt["model_args"]}
-    model_args.setdefault("gelu", "exact")  # nanoGPT's checkpoints carry no such key; its MLP is nn.GELU()
-    model_args.setdefault("arch", "gpt2")  # nor this one: theirs is always the GPT-2 flavour
-    if dropout is not None:
-        model_args["dropout"] = dropout
-    model = GPT(GPTConfig(**model_args))
+    model = GPT(config_from_checkpoint(ckpt, **({} if dropout is None else {"dropout": dropout})))
     model.load_state_dict(clean_state_dict(ckpt["model"]))
     return model
 

@@ -39,6 +39,8 @@ Backend = typing.Literal["auto", "nccl", "gloo"]
 Parallelism = typing.Literal["ddp", "fsdp"]
 PlacementStrategy = typing.Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 Arch = typing.Literal["gpt2", "modern"]
+Gelu = typing.Literal["exact", "tanh"]
+DataOrder = typing.Literal["nanogpt", "worker_invariant"]
 DTYPES = typing.get_args(Dtype)
 BACKENDS = typing.get_args(Backend)
 
@@ -94,17 +96,84 @@ def _is_literal(cls, name: str) -> bool:
     return typing.get_origin(_field_type(cls, name)) is typing.Literal
 
 
-def _check_model_shape(n_layer: int, n_head: int, n_embd: int, block_size: int) -> None:
-    for key, value in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd), ("block_size", block_size)):
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be a positive integer")
-    if n_embd % n_head != 0:
-        raise ConfigError(f"n_embd={n_embd} must be divisible by n_head={n_head} (each head gets n_embd // n_head dims)")
+# ----------------------------------------------------------------------------- what a model is
+
+OURS = {"ours": True}
+"""Field metadata of a model option nanoGPT does not have: checkpoints keep it out of nanoGPT's `model_args`."""
 
 
-def _check_arch(arch: str, bias: bool) -> None:
-    if arch == "modern" and bias:
-        raise ConfigError("bias=True does not go with arch='modern' (the modern recipe has no biases); set bias=False")
+@dataclass
+class ModelOptions:
+    """What a model is, as a person sets it: the one list of model options. TrainConfig and BenchConfig inherit
+    it, GPTConfig adds the vocabulary, and checkpoints store it; adding an option is one field here, its use
+    in the model, and tests."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    """Context length in tokens."""
+    dropout: float = 0.0
+    """0 for pretraining, 0.1+ for finetuning."""
+    bias: bool = False
+    """Bias in Linear and LayerNorm layers, as GPT-2 (without is a bit better and faster)."""
+    gelu: Gelu = field(default="exact", metadata=OURS)
+    """MLP activation: 'exact' GELU as nanoGPT, or 'tanh' as OpenAI GPT-2 (recorded in the checkpoint)."""
+    arch: Arch = field(default="gpt2", metadata=OURS)
+    """Model flavour: 'gpt2' is nanoGPT's model exactly; 'modern' trains faster (rotary positions, QK-norm,
+    ReLU², RMSNorm, no biases, untied zero-init head, logit soft-cap). Recorded in the checkpoint."""
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be a positive integer")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
+                              "(each head gets n_embd // n_head dims)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.arch == "modern" and self.bias:
+            raise ConfigError("bias=True does not go with arch='modern' (the modern recipe has no biases); set bias=False")
+        if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"arch='modern' needs an even head size for its rotary positions; "
+                              f"n_embd // n_head = {self.n_embd // self.n_head}")
+
+    def model_args(self) -> dict:
+        """The model options of this config (what GPTConfig takes besides vocab_size)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelOptions)}
+
+
+@dataclass
+class GPTConfig(ModelOptions):
+    """The model's config: the model options plus the vocabulary (which comes from the data or the weights)."""
+
+    vocab_size: int = PADDED_VOCAB_SIZE
+    """Rows of the embedding and the head; a BPE vocabulary is padded to a multiple of 64."""
+    bias: bool | None = None
+    """None: the flavour's own, True for 'gpt2' (nanoGPT's GPTConfig default) and False for 'modern'."""
+
+    def __post_init__(self) -> None:
+        if self.bias is None:
+            self.bias = self.arch != "modern"
+        super().__post_init__()
+
+    def nanogpt_args(self) -> dict:
+        """checkpoint['model_args']: exactly the keys nanoGPT's GPTConfig takes (its sample.py and train.py
+        build the model with GPTConfig(**model_args))."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("ours")}
+
+    def our_args(self) -> dict:
+        """The options nanoGPT does not know, kept beside model_args in a checkpoint."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("ours")}
+
+    @classmethod
+    def from_checkpoint(cls, model_args: dict, our_args: dict | None = None, **overrides) -> "GPTConfig":
+        """Any checkpoint's config: ours, our older ones (gelu/arch inside model_args) and nanoGPT's (no
+        options of ours: the defaults, which are nanoGPT's model). Unknown keys are ignored."""
+        known = config_fields(cls)
+        args = {k: v for k, v in {**model_args, **(our_args or {}), **overrides}.items() if k in known}
+        return cls(**args)
 
 
 def _check_init_from(init_from: str, allowed: tuple[str, ...]) -> None:
@@ -125,7 +194,7 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOptions):
     """Everything nanoGPT's train.py reads, under the same names, plus the Ray knobs."""
 
     # I/O
@@ -156,20 +225,7 @@ class TrainConfig:
     """Global micro-steps per iteration, as in nanoGPT: split across workers, so it must divide by num_workers."""
     batch_size: int = 12
     """Micro-batch size per micro-step."""
-    block_size: int = 1024
-    # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    """0 for pretraining, 0.1+ for finetuning."""
-    bias: bool = False
-    """Bias in Linear and LayerNorm layers."""
-    gelu: typing.Literal["exact", "tanh"] = "exact"
-    """MLP activation: 'exact' GELU as nanoGPT, or 'tanh' as OpenAI GPT-2 (recorded in the checkpoint)."""
-    arch: Arch = "gpt2"
-    """Model flavour: 'gpt2' is nanoGPT's model exactly; 'modern' trains faster (rotary positions, QK-norm,
-    ReLU², RMSNorm, no biases, untied zero-init head, logit soft-cap). Recorded in the checkpoint."""
+    # model: n_layer, n_head, n_embd, block_size, dropout, bias, gelu, arch (ModelOptions)
     # optimizer
     optimizer: typing.Literal["adamw", "muon"] = "adamw"
     """'adamw' as nanoGPT; 'muon': Muon (at muon_lr) for the blocks' 2-D weights, AdamW (at learning_rate) for the rest."""
@@ -206,6 +262,12 @@ class TrainConfig:
     """torch.compile the model (slow to start on CPU; the CPU configs turn it off)."""
     seed: int = 1337
     """Base seed; worker r uses seed + r, as nanoGPT's seed_offset."""
+    data_order: DataOrder = "nanogpt"
+    """Where batches' randomness comes from. 'nanogpt': torch's global generator, drawn in nanoGPT's order (model
+    init, the first batch, eval batches, training batches, dropout), so one process prints nanoGPT's losses; each
+    worker draws its own batches (seed + rank), so the worker count changes the run, as in nanoGPT.
+    'worker_invariant': each global micro-step and eval batch has a generator of its own, so any worker count
+    (and an elastic resize) trains on the same batches."""
     # Ray
     num_workers: int = 1
     """Ray Train workers (DDP ranks); min_workers/max_workers make the group elastic instead. 0 is Ray Train's
@@ -253,9 +315,8 @@ class TrainConfig:
     """Print where the seconds go from the command to the first step (imports, Ray, workers, data, model, eval)."""
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        super().__post_init__()
         _check_device(self.device)
-        _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
         _check_init_from(self.init_from, ("scratch", "resume"))
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker={self.cpus_per_worker} must be >= 0 (0 picks it from the cluster)")
@@ -273,9 +334,6 @@ class TrainConfig:
                               "pass --dtype=bfloat16 (or float32), or --parallelism=ddp")
         if not 0 < self.nan_lr_scale <= 1:
             raise ConfigError(f"nan_lr_scale={self.nan_lr_scale} must be in (0, 1]")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
-        _check_arch(self.arch, self.bias)
         if self.muon_lr <= 0:
             raise ConfigError(f"muon_lr={self.muon_lr} must be > 0")
         if self.optimizer == "muon" and self.parallelism == "fsdp":
@@ -315,9 +373,6 @@ class TrainConfig:
     def resolved_run_name(self) -> str:
         return self.run_name or os.path.basename(os.path.normpath(self.out_dir)) or "nanogpt"
 
-    def model_args(self) -> dict:
-        return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
-                    bias=self.bias, dropout=self.dropout, gelu=self.gelu, arch=self.arch)
 
 
 @dataclass
@@ -447,18 +502,10 @@ class ServeConfig(CheckpointSource):
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(ModelOptions):
     """bench.py's knobs, plus cluster-wide and scaling benchmarks."""
 
     batch_size: int = 12
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    bias: bool = False
-    dropout: float = 0.0
-    arch: Arch = "gpt2"
-    """Model flavour, as TrainConfig.arch."""
     real_data: bool = True
     """Batches from a prepared dataset; False uses random tokens."""
     dataset: str = "openwebtext"
@@ -486,17 +533,11 @@ class BenchConfig:
     address: str = ""
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        super().__post_init__()
         _check_device(self.device)
-        _check_model_shape(self.n_layer, self.n_head, self.n_embd, self.block_size)
-        _check_arch(self.arch, self.bias)
         for key in ("batch_size", "timed_steps", "max_workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
-
-    def model_args(self) -> dict:
-        return dict(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
-                    bias=self.bias, dropout=self.dropout, arch=self.arch)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -97,3 +97,87 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: tor
         # pinned memory lets the copy run asynchronously while the GPU is still busy with the last step
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
+
+
+class NanoGPTBatches:
+    """Training batches in nanoGPT's order: every draw from torch's global generator (seeded seed + rank, as
+    nanoGPT's seed_offset), and the next batch fetched right after each forward, so an iteration's first batch is
+    drawn before that iteration's eval, as nanoGPT's train.py does. One process then sees nanoGPT's batches,
+    eval batches and dropout masks; each rank of several draws its own, so the worker count changes the run.
+
+    A checkpoint keeps the generator's state from before the batch in hand: drawing that batch again after a
+    restore (`prime`) continues the run exactly."""
+
+    prefetches_next_iteration = True
+
+    def __init__(self, data: np.ndarray, batch_size: int, block_size: int, device: str, micro_steps: int):
+        self.data, self.batch_size, self.block_size, self.device = data, batch_size, block_size, device
+        self.micro_steps = micro_steps
+        self.held, self.rng_before_held = None, torch.get_rng_state()
+
+    def prime(self) -> None:
+        """Draw the batch in hand: before the loop, and after the generator is restored."""
+        self.rng_before_held = torch.get_rng_state()
+        self.held = get_batch(self.data, self.batch_size, self.block_size, None, self.device)
+
+    def first(self):
+        """The iteration's first batch: the one fetched after the last forward."""
+        return self.held
+
+    def next(self):
+        self.prime()
+        return self.held
+
+    def skip_iteration(self) -> None:
+        """Move past the batches an iteration would train on: the one in hand and the micro_steps - 1 after it."""
+        for _ in range(self.micro_steps - 1):
+            skip_batch(self.data, self.batch_size, self.block_size, None)
+        self.prime()
+
+    def torch_rng_state(self) -> torch.Tensor:
+        return self.rng_before_held
+
+    def stream_states(self) -> list:
+        return []
+
+    def load_stream_states(self, states: list) -> None:
+        """No generators of its own: the global one is restored with the other torch RNG states."""
+
+
+class MicroStepBatches:
+    """Training batches that do not depend on the worker count: global micro-step k (0 <= k <
+    gradient_accumulation_steps) draws from its own generator seeded seed + k, and a worker runs the micro-steps
+    it is given. 1 worker x accumulation 2 and 2 workers x accumulation 1 then train on the same batches, and
+    an elastic resize keeps the data stream. Each iteration draws its first batch when it starts."""
+
+    prefetches_next_iteration = False
+
+    def __init__(self, data: np.ndarray, batch_size: int, block_size: int, device: str, seed: int, streams: range):
+        self.data, self.batch_size, self.block_size, self.device = data, batch_size, block_size, device
+        self.generators = {k: torch.Generator().manual_seed(seed + k) for k in streams}
+        self._order = iter(())
+
+    def prime(self) -> None:
+        """Nothing is held between iterations."""
+
+    def first(self):
+        self._order = iter(self.generators.values())
+        return self.next()
+
+    def next(self):
+        return get_batch(self.data, self.batch_size, self.block_size, next(self._order), self.device)
+
+    def skip_iteration(self) -> None:
+        for generator in self.generators.values():
+            skip_batch(self.data, self.batch_size, self.block_size, generator)
+
+    def torch_rng_state(self) -> torch.Tensor:
+        return torch.get_rng_state()  # dropout's generator
+
+    def stream_states(self) -> list:
+        return [g.get_state() for g in self.generators.values()]
+
+    def load_stream_states(self, states: list) -> None:
+        """`states`: every global micro-step's, index k (stream_states of every rank, in rank order)."""
+        for k, generator in self.generators.items():
+            generator.set_state(states[k])

@@ -132,7 +132,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     """
     B, T0 = idx.shape
     block_size = model.config.block_size
-    rotary = getattr(model.config, "arch", "gpt2") == "modern"  # the cache can slide (module docstring)
+    rotary = model.relative_positions  # the cache can slide (module docstring)
     shift = min(max(int(context_shift or 0), 0), block_size - 1)
     pad = torch.zeros(B, dtype=torch.long, device=idx.device)
     if prompt_lengths is not None:

@@ -11,18 +11,20 @@ Two flavours (GPTConfig.arch), recorded in every checkpoint:
   ReLU² MLP, parameter-free RMSNorm, no biases, an untied zero-initialised head, zero-initialised residual
   projections and a tanh soft-cap on the logits. Same module names where the weights mean the same thing.
 
-Imports only torch (plus the standard library, and muon.py beside it, which imports only torch).
+Imports only torch, plus what sits beside it and imports only torch or the standard library: the config
+(config.GPTConfig, the one list of model options), the modern recipe's kernels (modern.py) and Muon (muon.py).
 """
 
 import inspect
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .muon import Muon
+from .config import GPTConfig  # noqa: F401  (stdlib only: what a model is, one list for every module)
+from .modern import LOGIT_SOFTCAP, RMSNorm, apply_rotary, relu_squared, rms_norm, rotary_angles
+from .muon import Muon, Optimizers, muon_param_names
 
 
 class LayerNorm(nn.Module):
@@ -37,75 +39,8 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-class RMSNorm(nn.Module):
-    """Parameter-free RMSNorm (the modern flavour): no gain, no bias, nothing to tune or decay."""
-
-    def forward(self, x):
-        return rms_norm(x)
-
-
-def rms_norm(x, eps=torch.finfo(torch.float32).eps):
-    """x / rms(x) over the last dimension, in fp32, returned in x's dtype."""
-    return _RMSNorm.apply(x, eps)
-
-
-class _RMSNorm(torch.autograd.Function):
-    # F.rms_norm is a composite op on CPU: autograd records pow, mean, add, rsqrt and mul, each with its own
-    # backward, ~8 small kernels per norm and 6 norms a block; at nanoGPT's CPU shapes that was a fifth of the
-    # step. One node with the closed-form gradient, dx = r * (dy - y * mean(dy * y)), costs about half.
-    @staticmethod
-    def forward(ctx, x, eps):
-        xf = x.float()
-        rstd = torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)
-        y = xf * rstd
-        ctx.save_for_backward(y, rstd)
-        return y.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        y, rstd = ctx.saved_tensors
-        dyf = dy.float()
-        return (rstd * (dyf - y * (dyf * y).mean(-1, keepdim=True))).to(dy.dtype), None
-
-
-def relu_squared(h):
-    """relu(h)², the modern MLP's activation."""
-    return _ReluSquared.apply(h)
-
-
-class _ReluSquared(torch.autograd.Function):
-    # relu then square records two nodes (threshold and pow backward); the gradient is simply 2·relu(h)·dy
-    @staticmethod
-    def forward(ctx, h):
-        r = torch.relu(h)
-        ctx.save_for_backward(r)
-        return r * r
-
-    @staticmethod
-    def backward(ctx, dy):
-        (r,) = ctx.saved_tensors
-        return 2 * r * dy
-
-
 def make_norm(config):
     return RMSNorm() if config.arch == "modern" else LayerNorm(config.n_embd, bias=config.bias)
-
-
-def rotary_angles(positions, head_size, base=10000.0):
-    """(cos, sin) of the rotary angles for positions (T) or (B, T), full head width, shaped to broadcast over
-    (B, T, nh, hs). Computed from the positions themselves, so there is no table to outgrow: any position works.
-    sin carries the rotation's sign (-sin on the first half), so apply_rotary is two multiplies and an add."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size))
-    angles = positions.float().unsqueeze(-1) * inv_freq  # (T, hs/2) or (B, T, hs/2)
-    cos, sin = angles.cos(), angles.sin()
-    return torch.cat((cos, cos), dim=-1).unsqueeze(-2), torch.cat((-sin, sin), dim=-1).unsqueeze(-2)  # (.., T, 1, hs)
-
-
-def apply_rotary(x, cos, sin):
-    """Rotate each (first half, second half) pair of x (B, T, nh, hs) by its position's angle:
-    (x1, x2) -> (x1·cos - x2·sin, x2·cos + x1·sin). The dot product of a rotated query and key depends only on
-    their distance, which is what lets a KV cache slide."""
-    return x * cos.to(x.dtype) + x.roll(x.size(-1) // 2, dims=-1) * sin.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -207,59 +142,6 @@ class Block(nn.Module):
         return x
 
 
-class Optimizers:
-    """Several optimizers that act as one (Muon for the block matrices, AdamW for the rest): step, zero_grad,
-    param_groups and state_dict cover all of them, so the training loop and GradScaler need not know."""
-
-    def __init__(self, *optimizers):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self):
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    @property
-    def state(self):
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
-
-    def step(self, closure=None):
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self, set_to_none=True):
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state_dict):
-        for opt, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
-            opt.load_state_dict(state)
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 for efficiency
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
-    gelu: str = "exact"  # "exact" (nanoGPT's nn.GELU()) or "tanh" (OpenAI GPT-2's approximation)
-    arch: str = "gpt2"  # "gpt2" (nanoGPT exactly) or "modern" (see the module docstring)
-
-    def __post_init__(self):
-        assert self.gelu in ("exact", "tanh"), f"gelu={self.gelu!r}; use 'exact' or 'tanh'"
-        assert self.arch in ARCHS, f"arch={self.arch!r}; use one of {', '.join(ARCHS)}"
-        if self.arch == "modern":
-            self.bias = False  # the recipe has no biases anywhere
-            assert (self.n_embd // self.n_head) % 2 == 0, "rotary embeddings need an even head size"
-
-
-ARCHS = ("gpt2", "modern")
-LOGIT_SOFTCAP = 15.0  # modern: logits = cap * tanh(logits / cap), so no logit can run away early in training
 
 
 class GPT(nn.Module):
@@ -292,6 +174,12 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         if self.modern:
             torch.nn.init.zeros_(self.lm_head.weight)  # untied, so it may start at zero: uniform first predictions
+
+    @property
+    def relative_positions(self):
+        """True when attention sees only the distance between tokens (rotary), so a KV cache may slide past
+        block_size; learned absolute positions end at block_size."""
+        return self.modern
 
     def get_num_params(self, non_embedding=True):
         """Parameter count; position embeddings are left out by default, as they do no matmuls.
@@ -368,7 +256,7 @@ class GPT(nn.Module):
         weights only), and AdamW keeps the rest (embeddings, head, gains, biases). Every param group carries
         `lr_ratio` (its lr over learning_rate), so the loop's schedule scales both optimizers alike."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        muon_names = self.muon_param_names() if optimizer == "muon" else []
+        muon_names = muon_param_names(self) if optimizer == "muon" else []
         muon_params = [params.pop(name) for name in muon_names]
         decay_params = [p for p in params.values() if p.dim() >= 2]
         nodecay_params = [p for p in params.values() if p.dim() < 2]
@@ -386,10 +274,6 @@ class GPT(nn.Module):
         muon = Muon([{"params": muon_params, "lr_ratio": muon_lr / learning_rate}], lr=muon_lr,
                                 weight_decay=weight_decay, momentum=muon_momentum)
         return Optimizers(muon, adamw)
-
-    def muon_param_names(self):
-        """The weights Muon trains: the 2-D matrices inside the transformer blocks (attention and MLP)."""
-        return [name for name, p in self.named_parameters() if name.startswith("transformer.h.") and p.dim() == 2]
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·H·Q·T."""

@@ -83,3 +83,42 @@ class Muon(torch.optim.Optimizer):
                     rows, cols = params[i].shape
                     params[i].add_(o if rows <= cols else o.mT, alpha=-lr * max(1.0, rows / cols) ** 0.5)
         return loss
+
+
+# ----------------------------------------------------------------------------- Muon beside AdamW in a GPT
+
+def muon_param_names(model: torch.nn.Module) -> list[str]:
+    """The weights Muon trains: the 2-D matrices inside the transformer blocks (attention and MLP); AdamW keeps
+    the rest (embeddings, head, gains, biases)."""
+    return [name for name, p in model.named_parameters() if name.startswith("transformer.h.") and p.dim() == 2]
+
+
+class Optimizers:
+    """Several optimizers that act as one (Muon for the block matrices, AdamW for the rest): step, zero_grad,
+    param_groups and state_dict cover all of them, so the training loop and GradScaler need not know."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self):
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def step(self, closure=None):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        for opt, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            opt.load_state_dict(state)

@@ -14,11 +14,11 @@ import math
 import os
 
 from .checkpoint import CKPT_NAME
-from .config import GPT2_PRESETS, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, TrainConfig, UserError
+from .config import GPT2_PRESETS, GPT2_VOCAB_SIZE, TrainConfig, UserError
 from .data import DataError, check_block_size, check_token_ids, load_split
 from .hf import read_gpt2_config
 from .storage import StorageError, check_readable, check_writable, is_uri, join, list_dir
-from .tokenizer import read_meta
+from .tokenizer import model_vocab_size, read_meta
 
 
 class LaunchError(UserError):
@@ -29,9 +29,10 @@ class LaunchError(UserError):
 
 def expected_vocab_size(cfg: TrainConfig, meta: dict | None) -> int | None:
     """The vocab_size the run's model will have, where the driver can tell without loading weights:
-    scratch (meta's, else GPT-2's padded 50304) and GPT-2 (its config). None for resume: the worker checks."""
+    scratch (what train_loop builds: tokenizer.model_vocab_size) and GPT-2 (its config). None for resume: the
+    worker checks."""
     if cfg.init_from == "scratch":
-        return (meta or {}).get("vocab_size") or PADDED_VOCAB_SIZE
+        return model_vocab_size(meta)
     if cfg.init_from in GPT2_PRESETS:
         return GPT2_VOCAB_SIZE
     if os.path.isdir(cfg.init_from):

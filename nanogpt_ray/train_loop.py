@@ -7,14 +7,17 @@ behind `Runtime`: this module's plain Runtime serves one process, torchrun and t
 Contracts worth knowing before reading the loop:
 - Global batch: `gradient_accumulation_steps` is global (as in nanoGPT) and split across workers; each
   iteration consumes the same tokens whatever the worker count.
-- Data order: global micro-step k (0 <= k < gradient_accumulation_steps) draws its windows from its own
-  torch.Generator seeded with `seed + k`; worker r runs micro-steps r*m .. r*m+m-1 (m per worker). The batch
-  stream is therefore the same for 1 worker x accumulation 2 and 2 workers x accumulation 1, and saving the
-  generators' states resumes it exactly.
+- Data order (data_order): 'nanogpt' draws everything from torch's global generator seeded seed + rank, in
+  nanoGPT's order (model init, the first batch, the eval batches, training batches and dropout), so one process
+  prints nanoGPT's losses and each rank of several draws its own batches. 'worker_invariant' gives global
+  micro-step k its own generator (worker r runs micro-steps r*m .. r*m+m-1), so 1 worker x accumulation 2 and
+  2 workers x accumulation 1 see the same batches. Either way the checkpoint keeps the generators' states, and a
+  resume continues exactly (data.NanoGPTBatches, data.MicroStepBatches).
 - Reports: every rank reports at the same iterations (a report is a barrier under Ray): each `log_interval`,
   each eval, and at the end. Rank 0 attaches the checkpoint (a directory with our ckpt.pt).
-- Eval: eval_iters batches per split, batch j drawn from a generator seeded by (seed, split, j), shared out
-  round-robin over the ranks and all-reduced, so val loss does not depend on the worker count.
+- Eval: eval_iters batches per split. 'nanogpt' order: rank 0 draws and evaluates them all (nanoGPT's master
+  process); 'worker_invariant': batch j drawn from a generator seeded by (seed, split, j), shared out
+  round-robin over the ranks. Either way the result is all-reduced, so every rank reports the same losses.
 - Non-finite loss: the step is skipped and every rank rolls back to the last checkpoint, at most
   `max_nan_rollbacks` times, then the run fails naming the iteration.
   The check costs no host sync: the flag stays on the device and is read where nanoGPT reads the loss anyway
@@ -38,13 +41,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import CKPT_NAME, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import GPT2_PRESETS, TrainConfig, UserError, from_dict, to_dict
-from .data import check_block_size, check_token_ids, get_batch, load_split, skip_batch
+from .checkpoint import (
+    CKPT_NAME,
+    clean_state_dict,
+    load_checkpoint,
+    model_entries,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from .config import GPT2_PRESETS, GPTConfig, TrainConfig, UserError, from_dict, to_dict
+from .data import MicroStepBatches, NanoGPTBatches, check_block_size, check_token_ids, get_batch, load_split
 from .device import autocast_context, choose_device, default_peak_flops, enable_tf32, resolve_dtype
 from .files import move_into_place, remove_stale_partials, temp_name_beside
 from .hf import from_pretrained
-from .model import GPT, GPTConfig
+from .model import GPT
 from .parallel import data_parallel, full_state, is_sharded, load_full_state, set_grad_sync, shard_model, unwrap_ddp
 from .storage import local_dataset_dir
 from .tokenizer import model_vocab_size, read_meta
@@ -147,8 +157,7 @@ class TrainState:
     model: GPT  # the bare model: its state_dict has no _orig_mod./module. prefixes
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    generators: dict[int, torch.Generator]  # the data stream of each global micro-step this worker runs
-    model_args: dict
+    batches: NanoGPTBatches | MicroStepBatches  # where training batches come from (TrainConfig.data_order)
     iter_num: int = 0
     best_val_loss: float = 1e9
     wandb_run_id: str | None = None
@@ -218,23 +227,19 @@ def log(runtime: Runtime, msg: str) -> None:
         print(msg, flush=True)
 
 
-def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime: Runtime):
-    """(model, model_args): from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size."""
+def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime: Runtime) -> GPT:
+    """The model from the checkpoint, OpenAI's weights, or scratch; cropped to cfg.block_size. Its config is
+    what checkpoints record."""
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
-        model_args = dict(ckpt["model_args"], gelu=model.config.gelu, arch=model.config.arch)  # nanoGPT checkpoints gain the keys
     elif cfg.init_from in GPT2_PRESETS or os.path.isdir(cfg.init_from):
         log(runtime, f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        model_args = {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "gelu", "arch")}
-        model_args["dropout"] = cfg.dropout
     else:
-        model_args = dict(cfg.model_args(), vocab_size=model_vocab_size(meta))
-        model = GPT(GPTConfig(**model_args))
+        model = GPT(GPTConfig(**cfg.model_args(), vocab_size=model_vocab_size(meta)))
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)  # e.g. finetune GPT-2 (1024) with a shorter context
-        model_args["block_size"] = cfg.block_size
-    return model, model_args
+    return model
 
 
 def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -> None:
@@ -249,8 +254,7 @@ def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -
         state.scaler.load_state_dict(extra["scaler"])
     streams = extra.get("data_rng", [])
     if len(streams) == cfg.gradient_accumulation_steps:
-        for k, generator in state.generators.items():
-            generator.set_state(streams[k])
+        state.batches.load_stream_states(streams)
     elif streams:
         log(runtime, "checkpoint has a different gradient_accumulation_steps: the batch stream restarts")
     rank, world_size = runtime.rank, runtime.world_size
@@ -270,8 +274,8 @@ def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -
 def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> dict | None:
     """The nanoGPT dict plus what exact resume needs; gathered on every rank, returned on rank 0."""
     world_size = runtime.world_size
-    data_rng = all_gather([g.get_state() for g in state.generators.values()], world_size)
-    torch_rng = all_gather(torch.get_rng_state(), world_size)
+    data_rng = all_gather(state.batches.stream_states(), world_size)
+    torch_rng = all_gather(state.batches.torch_rng_state(), world_size)
     on_cuda = state.meta["device_type"] == "cuda"
     cuda_rng = all_gather(torch.cuda.get_rng_state() if on_cuda else torch.empty(0, dtype=torch.uint8), world_size)
     model_sd, optim_sd = full_state(state.model, state.optimizer)  # FSDP: every rank sends its shards to rank 0
@@ -280,7 +284,7 @@ def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> di
     return {
         "model": clean_state_dict(model_sd),
         "optimizer": optim_sd,
-        "model_args": state.model_args,
+        **model_entries(state.model.config),
         "iter_num": state.iter_num,
         "best_val_loss": float(state.best_val_loss),
         "config": to_dict(cfg),
@@ -348,27 +352,42 @@ def rollback(state: TrainState, cfg: TrainConfig, runtime: Runtime, bad_iter: in
     ckpt = load_checkpoint(source, map_location="cpu")
     load_full_state(state.model, None, clean_state_dict(ckpt["model"]), None)
     restore(state, ckpt, cfg, runtime)
+    state.batches.prime()  # nanoGPT order: the checkpoint's batch in hand, drawn again from the restored generator
     state.iter_num, state.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
     state.optimizer.zero_grad(set_to_none=True)
 
 
+def eval_batches(cfg: TrainConfig, data, split: str, device: str, runtime: Runtime, sharded: bool):
+    """(X, Y, counted) of the eval batches this rank runs. 'nanogpt' order: rank 0 draws eval_iters batches from
+    torch's global generator, as nanoGPT's estimate_loss on the master process; 'worker_invariant': batch j from a
+    generator of its own, on rank j % world_size. FSDP's forward all-gathers each block's weights, a collective,
+    so there every rank runs as many forwards: the spare ones are not counted."""
+    rank, ws = runtime.rank, runtime.world_size
+    if cfg.data_order == "nanogpt":
+        spare = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=device)
+        for _ in range(cfg.eval_iters if rank == 0 or sharded else 0):
+            if rank == 0:
+                yield (*get_batch(data, cfg.batch_size, cfg.block_size, None, device), True)
+            else:
+                yield spare, spare, False
+        return
+    stop = -(-cfg.eval_iters // ws) * ws if sharded else cfg.eval_iters
+    for j in range(rank, stop, ws):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "val" else 0) * 7_919 + j % cfg.eval_iters)
+        yield (*get_batch(data, cfg.batch_size, cfg.block_size, g, device), j < cfg.eval_iters)
+
+
 @torch.no_grad()
 def estimate_loss(model, cfg: TrainConfig, splits: dict, ctx, device: str, runtime: Runtime) -> dict:
-    """Mean loss over eval_iters fixed batches per split; batch j runs on rank j % world_size."""
+    """Mean loss over eval_iters batches per split (see eval_batches), the same on every rank."""
     out = {}
     model.eval()
-    ws = runtime.world_size
-    # FSDP's forward all-gathers each block's weights, a collective: every rank must run as many forwards, so
-    # ranks past the last batch run a spare one that is not counted
-    stop = -(-cfg.eval_iters // ws) * ws if is_sharded(model) else cfg.eval_iters
     for split, data in splits.items():
         totals = torch.zeros(2, dtype=torch.float64, device=device)
-        for j in range(runtime.rank, stop, ws):
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "val" else 0) * 7_919 + j % cfg.eval_iters)
-            X, Y = get_batch(data, cfg.batch_size, cfg.block_size, g, device)
+        for X, Y, counted in eval_batches(cfg, data, split, device, runtime, is_sharded(model)):
             with ctx:
                 _, loss = model(X, Y)
-            if j < cfg.eval_iters:
+            if counted:
                 totals[0] += loss.double()
                 totals[1] += 1
         all_reduce_sum(totals, runtime.world_size)
@@ -454,7 +473,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     data_dir = local_dataset_dir(cfg.dataset_dir())  # a URI: this node's cached copy, one download per node
     splits = load_data(cfg, data_dir)
     mark_startup(cfg, runtime, "data mapped")
-    my_streams = range(rank * m, rank * m + m)  # the global micro-steps this worker runs
+    my_streams = range(rank * m, rank * m + m)  # the global micro-steps this worker runs (worker_invariant order)
 
     # ------------------------------------------------------------------ model init
     # after a worker failure (or a rerun of the same run) the runtime hands back the latest checkpoint
@@ -465,7 +484,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
     if ckpt is not None:
         log(runtime, f"resuming from iteration {ckpt['iter_num']} ({ckpt_source})")
     meta = read_meta(data_dir)
-    model, model_args = build_model(cfg, ckpt, meta, runtime)
+    model = build_model(cfg, ckpt, meta, runtime)
     model.to(device)
     check_vocab(cfg, splits, model.config.vocab_size)
     model = shard_model(model, cfg.parallelism, world_size, device, dtype)  # FSDP2: before the optimizer sees it
@@ -474,8 +493,9 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         optimizer=model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
                                              cfg.optimizer, cfg.muon_lr, cfg.muon_momentum),
         scaler=torch.amp.GradScaler(device_type, enabled=(dtype == "float16")),  # loss scaling only for fp16
-        generators={k: torch.Generator().manual_seed(cfg.seed + k) for k in my_streams},
-        model_args=model_args, meta=dict(device_type=device_type),
+        batches=(NanoGPTBatches(splits["train"], cfg.batch_size, cfg.block_size, device, m) if cfg.data_order == "nanogpt"
+                 else MicroStepBatches(splits["train"], cfg.batch_size, cfg.block_size, device, cfg.seed, my_streams)),
+        meta=dict(device_type=device_type),
     )
     if ckpt is not None:
         state.iter_num = state.resumed_from = int(ckpt["iter_num"])
@@ -499,6 +519,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
 
     # ------------------------------------------------------------------ training loop
     nonfinite = NonFiniteWatch(device)
+    state.batches.prime()  # nanoGPT fetches the first batch before the loop, so before the first eval
     local_iter_num = 0
     running_mfu = -1.0
     step_time, steps_timed = 0.0, 0  # training time since the last log line (eval and reports left out)
@@ -535,10 +556,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         t_iter = time.time()
         loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
         if state.iter_num in state.skip_iters:  # these batches made the loss non-finite: move past them
-            for k in my_streams:
-                skip_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[k])
-        streams = iter(my_streams)
-        X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)
+            state.batches.skip_iteration()
+        X, Y = state.batches.first()
         for micro_step in range(m):
             set_grad_sync(model, micro_step == m - 1)  # one gradient sync per iteration (not m), on the last
             with ctx:
@@ -546,9 +565,9 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                 loss = runtime.on_loss(loss, state.iter_num, micro_step, X)
                 loss_sum += loss.detach().double()
                 loss = loss / m  # DDP and FSDP average over ranks, so the gradient is the mean over all micro-steps
-            if micro_step < m - 1:
+            if micro_step < m - 1 or state.batches.prefetches_next_iteration:
                 # fetch the next micro-batch while the accelerator is still busy with this backward pass
-                X, Y = get_batch(splits["train"], cfg.batch_size, cfg.block_size, state.generators[next(streams)], device)
+                X, Y = state.batches.next()
             state.scaler.scale(loss).backward()
         # the iteration's mean loss over every rank (all ranks agree on it), left on the device: reading it here
         # would make the host wait for the GPU every iteration, which nanoGPT pays only at log_interval

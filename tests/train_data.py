@@ -36,6 +36,9 @@ def tiny_config(data_root: pathlib.Path, out_dir: pathlib.Path, **overrides) -> 
         gradient_accumulation_steps=2, learning_rate=3e-3, min_lr=3e-4, warmup_iters=5, lr_decay_iters=100,
         max_iters=20, eval_interval=10, log_interval=5, eval_iters=4, device="cpu", dtype="float32",
         compile=False, num_workers=1, wandb_log=False, max_failures=0,
+        # the same batches on any worker count, which most training tests compare; tests of nanoGPT's order
+        # (the default) pass data_order="nanogpt"
+        data_order="worker_invariant",
     )
     values.update(overrides)
     return values

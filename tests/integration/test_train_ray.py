@@ -16,6 +16,7 @@ from nanogpt_ray.config import TrainConfig, from_dict
 from nanogpt_ray.preflight import LaunchError
 from nanogpt_ray.train_loop import run_bare
 from tests.nan_injection import nan_runtime
+from tests.nanogpt_contract import assert_nanogpt_reads
 from tests.train_data import make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray
@@ -39,7 +40,9 @@ def _weights(out_dir) -> dict:
 @pytest.fixture(scope="module")
 def two_worker_run(ray_start_2_cpus, data_root, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp") / "out"
-    result = train(_cfg(data_root, out_dir, num_workers=2, max_iters=30, wandb_log=True, wandb_project="nanogpt-test"))
+    # nanoGPT's data order (the default): each rank draws from its own global generator, rank 0 evaluates
+    result = train(_cfg(data_root, out_dir, num_workers=2, max_iters=30, wandb_log=True, wandb_project="nanogpt-test",
+                        data_order="nanogpt"))
     return result, out_dir
 
 
@@ -55,6 +58,7 @@ def test_two_worker_ddp_training_lowers_loss_and_checkpoint_loads_weights_only(t
     for key, value in ckpt["model"].items():  # out_dir/ckpt.pt is the run's latest Ray checkpoint
         assert torch.equal(value, ray_ckpt["model"][key])
     assert len(ckpt["resume"]["torch_rng"]) == 2  # every rank's RNG state
+    assert_nanogpt_reads(ckpt)  # nanoGPT's sample.py and train.py --init_from=resume read it
     # written once: Ray's copy in local storage and out_dir/ckpt.pt are the same file (hard link + rename)
     assert os.stat(out_dir / CKPT_NAME).st_ino == os.stat(os.path.join(result.checkpoint.path, CKPT_NAME)).st_ino
     assert not [p for p in os.listdir(out_dir) if p.endswith(".partial")]  # no temporary left behind

@@ -25,6 +25,7 @@ from nanogpt_ray.config import ConfigError, TrainConfig, from_dict
 from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.parallel import ParallelismError, local_state_bytes, shard_model
 from nanogpt_ray.train_loop import run_bare
+from tests.nanogpt_contract import assert_nanogpt_reads
 from tests.train_data import make_dataset, tiny_config
 
 # 4 global micro-steps: 2 per worker, so gradient sync is skipped on one micro-step of each iteration;
@@ -108,6 +109,12 @@ def test_fsdp_two_workers_match_ddp_two_workers_over_5_steps(runs):
         torch.testing.assert_close(b["optimizer"]["state"][i]["exp_avg"], state["exp_avg"], atol=1e-6, rtol=1e-4)
     # the tied embedding is one tensor in the file, as in nanoGPT's
     assert b["model"]["lm_head.weight"].data_ptr() == b["model"]["transformer.wte.weight"].data_ptr()
+
+
+@pytest.mark.timeout(300)
+def test_nanogpt_reads_the_checkpoints_of_ddp_and_fsdp_over_gloo(runs):
+    for run in ("ddp5", "fsdp5"):
+        assert_nanogpt_reads(weights(runs["root"] / run))
 
 
 @pytest.mark.timeout(300)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanogpt_ray.model import apply_rotary, relu_squared, rms_norm, rotary_angles
+from nanogpt_ray.modern import apply_rotary, relu_squared, rms_norm, rotary_angles
 from nanogpt_ray.muon import Muon, orthogonalize
 
 
@@ -32,7 +32,7 @@ def test_rms_norm_matches_autograd_through_the_plain_ops(dtype):
 def test_rms_norm_gradcheck_in_double():
     x = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
     # the forward computes in fp32 (as training does), so check the formula itself on a double-precision copy
-    from nanogpt_ray.model import _RMSNorm
+    from nanogpt_ray.modern import _RMSNorm
 
     class Double(_RMSNorm):
         @staticmethod

@@ -19,8 +19,8 @@ from nanogpt_ray.bench import run_bench
 from nanogpt_ray.checkpoint import CKPT_NAME, load_model
 from nanogpt_ray.config import BenchConfig, ConfigError, TrainConfig, UserError, from_dict
 from nanogpt_ray.hf import export_hf
-from nanogpt_ray.model import GPT, GPTConfig, Optimizers
-from nanogpt_ray.muon import Muon
+from nanogpt_ray.model import GPT, GPTConfig
+from nanogpt_ray.muon import Muon, Optimizers
 from nanogpt_ray.train_loop import run_bare
 from tests.train_data import make_dataset, tiny_config
 
@@ -159,7 +159,7 @@ def test_modern_muon_resumes_bit_for_bit(data_root, tmp_path):
     _run(data_root, tmp_path / "half", max_iters=20, init_from="resume")
     a = torch.load(tmp_path / "full" / CKPT_NAME, weights_only=True)
     b = torch.load(tmp_path / "half" / CKPT_NAME, weights_only=True)
-    assert a["model_args"]["arch"] == "modern" and b["iter_num"] == 20
+    assert a["model_extras"]["arch"] == "modern" and b["iter_num"] == 20
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     muon_state, _ = b["optimizer"]["optimizers"]
@@ -231,7 +231,7 @@ def modern_run(data_root, tmp_path_factory):
 
 def test_a_modern_checkpoint_samples_through_the_cli_past_its_context(modern_run, data_root, capsys):
     model, ckpt = load_model("resume", str(modern_run))
-    assert model.config.arch == "modern" and ckpt["model_args"]["arch"] == "modern"
+    assert model.config.arch == "modern" and ckpt["model_extras"]["arch"] == "modern"
     n = 40  # tiny_config's block_size is 32: the sliding cache takes over
     code = cli.main(["sample", f"--out_dir={modern_run}", f"--data_root={data_root}", "--start=!!", "--num_samples=1",
                      f"--max_new_tokens={n}", "--device=cpu", "--top_k=1", "--compile=False"])

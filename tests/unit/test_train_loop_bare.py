@@ -126,19 +126,20 @@ def test_a_gpt2_bpe_dataset_trains_with_nanogpts_padded_vocabulary(tmp_path):
 # ---------------------------------------------------------------------------- non-finite losses
 
 @pytest.mark.timeout(120)
-def test_a_bad_batch_is_skipped_after_the_rollback_instead_of_replayed(data_root, tmp_path):
+@pytest.mark.parametrize("data_order", ["worker_invariant", "nanogpt"])
+def test_a_bad_batch_is_skipped_after_the_rollback_instead_of_replayed(data_root, tmp_path, data_order):
     from nanogpt_ray.train_loop import NonFiniteLossError
 
     # the loss is NaN every time the batch first drawn at iteration 7 is seen: a bad batch, not bad luck
     runtime = _run_with_nan(data_root, tmp_path / "skip", 7, per_batch=True, max_iters=12, eval_interval=5,
-                            log_interval=1, max_nan_rollbacks=2)
+                            log_interval=1, max_nan_rollbacks=2, data_order=data_order)
     last = runtime.history[-1]
     assert last["iter"] == 12 and last["nan_rollbacks"] == 1  # one rollback, then past the batch for good
     assert torch.load(tmp_path / "skip" / CKPT_NAME, weights_only=True)["resume"]["skip_iters"] == [7]
     # replaying the same batches meets the same NaN until the rollbacks run out
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at iteration 7; rolled back 2 times"):
         _run_with_nan(data_root, tmp_path / "replay", 7, per_batch=True, max_iters=12, eval_interval=5, log_interval=1,
-                      max_nan_rollbacks=2, nan_skip_batches=False)
+                      max_nan_rollbacks=2, nan_skip_batches=False, data_order=data_order)
 
 
 @pytest.mark.timeout(120)
