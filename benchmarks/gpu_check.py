@@ -75,7 +75,7 @@ class Shape:
 
 GPT2_124M = Shape(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, vocab=50257, iters=200, lr=6e-4,
                   new_tokens=200)
-TINY = Shape(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, vocab=256, iters=40, lr=1e-2, new_tokens=32)
+TINY = Shape(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, vocab=256, iters=40, lr=1e-2, new_tokens=16)
 
 PERIOD = 256  # distinct tokens in the repeated sequence
 LOSS_BOUND = 1.0  # val loss the learning rows must end below (floor 0, start ~ln(vocab))
