@@ -6,7 +6,8 @@ On a GPU machine, from the repository root:
     python benchmarks/gpu_check.py 2>&1 | tee gpu_check.txt   # GPT-2 124M shape, ctx 1024, bf16, compiled
     python benchmarks/gpu_check.py --rows=learns --lr=0        # negative control: 'learns' must FAIL, exit 1
 
-and anywhere, the same rows on a tiny shape (tests/unit/test_gpu_check_script.py runs this with --compile=False):
+On a lent machine with a time limit per command, lower the per-row limit, e.g. `--timeout=150`.
+And anywhere, the same rows on a tiny shape (tests/unit/test_gpu_check_script.py runs this with --compile=False):
 
     python benchmarks/gpu_check.py --device=cpu --tiny
 
@@ -73,7 +74,7 @@ class Shape:
     new_tokens: int  # sampling and serving: tokens generated per request
 
 
-GPT2_124M = Shape(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, vocab=50257, iters=200, lr=6e-4,
+GPT2_124M = Shape(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, vocab=50257, iters=300, lr=6e-4,
                   new_tokens=200)
 TINY = Shape(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, vocab=256, iters=40, lr=1e-2, new_tokens=16)
 
@@ -297,9 +298,12 @@ def ddp_rank(args) -> None:
 
     from nanogpt_ray.parallel import data_parallel, set_grad_sync
 
-    dist.init_process_group(args.backend)
-    rank, world, m = dist.get_rank(), dist.get_world_size(), 2
+    rank = int(os.environ["RANK"])
     device = f"cuda:{rank}" if args.backend == "nccl" else args.device if args.device == "cpu" else "cuda:0"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # before NCCL starts: each rank's communicator on its own GPU
+    dist.init_process_group(args.backend)
+    world, m = dist.get_world_size(), 2
     args.device = device
     ctx = autocast_context(device, args.dtype)
     batches = []
