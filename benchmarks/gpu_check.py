@@ -255,11 +255,13 @@ def row_fp16(args):
     vals, losses, ms = loop_figures(history)
     resume = torch.load(args.work / "fp16" / CKPT_NAME, map_location="cpu", weights_only=True)["resume"]
     skipped = resume["skipped_steps"]
-    at_warmup = next(h["skipped_steps"] for h in history if "skipped_steps" in h and h["iter"] >= WARMUP)
-    after = skipped - at_warmup
+    past_warmup = [h for h in history if "skipped_steps" in h and h["iter"] >= WARMUP]
+    if not past_warmup:
+        raise Row("FAIL", f"--iters={args.iters} leaves no log line past the {WARMUP}-iteration warm-up")
+    after = skipped - past_warmup[0]["skipped_steps"]
     ok = finite(vals + losses) and vals[-1] < LOSS_BOUND and after <= FP16_MAX_SKIPS
     raise verdict(ok, f"final scale {resume['scaler']['scale']:g}; steps skipped {skipped} ({after} after iteration "
-                      f"{WARMUP}, must be <= {FP16_MAX_SKIPS}); val loss {vals[0]:.2f} -> {vals[-1]:.3f}, "
+                      f"{past_warmup[0]['iter']}, must be <= {FP16_MAX_SKIPS}); val loss {vals[0]:.2f} -> {vals[-1]:.3f}, "
                       f"must end below {LOSS_BOUND}; {ms}")
 
 
