@@ -1,174 +1,520 @@
-"""GPU acceptance check for a machine with torch and a GPU but no Ray: what only a GPU shows, in one table.
+"""GPU acceptance check: one table, one exit code, and every row able to fail. Needs torch and numpy, not Ray:
+the training loop runs in plain processes, as under torchrun.
 
-    python benchmarks/gpu_check.py                          # GPT-2 124M shape, ctx 1024, bf16 + compile
-    python benchmarks/gpu_check.py --device=cpu --tiny      # the same checks on a tiny shape (CI runs this)
+On a GPU machine, from the repository root:
 
-Rows (each PASS/FAIL with its figures; the exit code is 1 if any row fails):
-1. train: the training loop without Ray (train_loop.run_bare) on random tokens for --iters iterations in
-   bf16 (fp32 on CPU) with torch.compile: ms/iter, tokens/s, MFU against the device's data-sheet peak
-   (device.default_peak_flops), loss finite and not rising (random tokens: it starts near ln(vocab)).
-2. fp16: the same loop in float16 with GradScaler (GPUs only): loss finite, the scaler's scale recorded.
-3. torchrun: `torchrun --nproc_per_node=<GPUs>` runs this script's child mode: NCCL (gloo on CPU) process
-   group, an all_reduce checked against its expected sum, then a few loop iterations under DDP.
-4. sample: KV-cache generation tokens/s at batch 1 and 16 (engine.generate, --new_tokens each).
+    python benchmarks/gpu_check.py 2>&1 | tee gpu_check.txt   # GPT-2 124M shape, ctx 1024, bf16, compiled
+    python benchmarks/gpu_check.py --rows=learns --lr=0        # negative control: 'learns' must FAIL, exit 1
+
+On a lent machine with a time limit per command, lower the per-row limit, e.g. `--timeout=150`.
+And anywhere, the same rows on a tiny shape (tests/unit/test_gpu_check_script.py runs this with --compile=False):
+
+    python benchmarks/gpu_check.py --device=cpu --tiny
+
+Each row runs in its own process, killed after --timeout seconds: a hang is a FAIL that names the row. A row is
+PASS, FAIL, or UNCHECKED (it could not be judged here, and says why: that is not a pass). Exit code: 1 if any row
+failed, else 0; 2 for bad arguments or no GPU.
+
+  learns    the training loop (train_loop.run_bare), --dtype, compiled, on a random sequence of PERIOD distinct
+            tokens repeated (each token fixes the next, so the loss floor is 0): the val loss must end below
+            LOSS_BOUND after --iters iterations (it starts near ln(vocab)).
+  MFU       synchronized steady training step (forward, backward, clip, AdamW) of the compiled model: MFU against
+            the device's data-sheet peak (device.peak_flops_for_device) above the floor of its class (MFU_FLOORS)
+            and below 100%. A GPU the table does not know: UNCHECKED, with its TFLOP/s. CPU: against the measured
+            fp32 matmul peak, below 100%.
+  compile   compile time (the first compiled step less a steady one, caches empty), and the compiled steady
+            step no slower than eager (at most COMPILE_SLOWDOWN x).
+  fp16      the loop in float16 with GradScaler on the same task (eager): the scaler's final scale, the steps
+            it skipped after WARMUP iterations (at most FP16_MAX_SKIPS), the val loss below LOSS_BOUND.
+  DDP       2 ranks, each 2 micro-steps (grad sync on the last only, as the loop does), gradients equal to one
+            process accumulating the 4 micro-batches within GRAD_TOL. >= 2 GPUs: NCCL, one GPU per rank;
+            CPU: gloo; 1 GPU: gloo with both ranks on it, and UNCHECKED (NCCL across ranks needs 2 GPUs).
+  sampling  engine.generate with its KV cache: tokens/s at batch 1 and 16; batch 16 >= BATCH_GAIN x batch 1.
+  serving   the engine's ContinuousBatcher fed by CLIENTS client threads (no Ray, no HTTP): tokens/s of
+            CLIENTS clients >= BATCH_GAIN x one client's, every request finished with its tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
+import re
+import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nanogpt_ray.bench import write_synthetic_dataset  # noqa: E402
-from nanogpt_ray.config import PADDED_VOCAB_SIZE, TrainConfig  # noqa: E402
-
-GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16)
-TINY = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=4)
+from nanogpt_ray.device import autocast_context, measure_matmul_flops, peak_flops_for_device  # noqa: E402
 
 
-def train_config(args, work: pathlib.Path, name: str, **overrides) -> TrainConfig:
-    shape = TINY if args.tiny else GPT2_124M
-    values = dict(shape, dataset="random", data_root=str(work / "data"), out_dir=str(work / name),
-                  gradient_accumulation_steps=1, max_iters=args.iters, eval_interval=10**9, eval_iters=2,
-                  log_interval=max(1, args.iters // 10), warmup_iters=0, decay_lr=False, learning_rate=3e-4,
-                  always_save_checkpoint=False, dropout=0.0, bias=False, device=args.device,
-                  dtype="float32" if args.device == "cpu" else "bfloat16", compile=args.compile, backend="auto")
+@dataclass(frozen=True)
+class Shape:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    vocab: int  # tokens the task draws from (a BPE-sized vocabulary is padded to a multiple of 64, as nanoGPT's)
+    iters: int  # learns and fp16 iterations
+    lr: float
+    new_tokens: int  # sampling and serving: tokens generated per request
+
+
+GPT2_124M = Shape(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, vocab=50257, iters=300, lr=6e-4,
+                  new_tokens=200)
+TINY = Shape(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, vocab=256, iters=40, lr=1e-2, new_tokens=16)
+
+PERIOD = 256  # distinct tokens in the repeated sequence
+LOSS_BOUND = 1.0  # val loss the learning rows must end below (floor 0, start ~ln(vocab))
+WARMUP = 20  # lr warm-up iterations; fp16's scaler finds its scale in them
+FP16_MAX_SKIPS = 2  # GradScaler steps skipped after WARMUP (its scale grows only every 2000 steps)
+COMPILE_SLOWDOWN = 1.05  # compiled steady step / eager steady step, at most (timing noise)
+GRAD_TOL = {"float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}  # relative gradient error, DDP vs one process
+BATCH_GAIN = 4.0  # batch 16 (or CLIENTS clients) over batch 1 (one client), tokens/s, at least
+CLIENTS = 16
+PROMPT_TOKENS = 16
+# the lowest MFU accepted at the GPT-2 124M shape, by device class: set to catch a broken path (an fp32
+# fallback, no tensor cores, a host sync per kernel), not to grade tuning; the first pattern found wins
+MFU_FLOORS = (
+    (r"\b(GB200|B200|GH200|H200|H100|H800)\b", 0.20),
+    (r"\b(A100|A800)\b", 0.25),
+    (r".", 0.10),  # every other GPU the peak table knows
+)
+ROWS = {"learns": "learns", "mfu": "MFU", "compile": "compile", "fp16": "fp16 + GradScaler", "ddp": "DDP, 2 ranks",
+        "sampling": "KV-cache sampling", "serving": f"serving, {CLIENTS} clients"}
+
+
+class Row(Exception):
+    """A row's verdict, raised from anywhere inside it: status PASS, FAIL or UNCHECKED, and its figures."""
+
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def verdict(ok: bool, detail: str) -> Row:
+    return Row("PASS" if ok else "FAIL", detail)
+
+
+def finite(values) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+def write_repeat_task(folder: pathlib.Path, vocab: int, seed: int = 0) -> None:
+    """A prepared dataset: PERIOD distinct random tokens repeated, so each token fixes the next (loss floor 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sequence = np.random.default_rng(seed).choice(vocab, size=PERIOD, replace=False).astype(np.uint16)
+    np.resize(sequence, 200 * PERIOD).tofile(folder / "train.bin")
+    np.resize(np.roll(sequence, 7), 50 * PERIOD).tofile(folder / "val.bin")  # the same sequence, other windows
+    (folder / "meta.json").write_text(json.dumps({"vocab_size": vocab, "tokenizer": "synthetic", "dtype": "uint16"}))
+
+
+def train_config(args, name: str, **overrides):
+    from nanogpt_ray.config import TrainConfig
+
+    s = args.shape
+    values = dict(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block_size,
+                  batch_size=args.batch_size, dataset="repeat", data_root=str(args.work / "data"),
+                  out_dir=str(args.work / name), gradient_accumulation_steps=1, max_iters=args.iters,
+                  eval_interval=max(1, args.iters // 2), eval_iters=4, log_interval=10, learning_rate=args.lr,
+                  min_lr=args.lr / 10, warmup_iters=WARMUP, lr_decay_iters=args.iters, decay_lr=True,
+                  always_save_checkpoint=True, dropout=0.0, bias=False, device=args.device, dtype=args.dtype,
+                  compile=args.compile)
     values.update(overrides)
     return TrainConfig(**values)
 
 
-def run_loop(cfg: TrainConfig) -> dict:
+def loop_figures(history: list[dict]) -> tuple[list[float], list[float], str]:
+    """(val losses, logged train losses, the loop's own median ms/iter past the first log line)."""
+    vals = [h["val_loss"] for h in history if "val_loss" in h]
+    logs = [h for h in history if "loss" in h]
+    steady = [h["ms_per_iter"] for h in logs[1:]]
+    ms = f"loop {statistics.median(steady):.1f} ms/iter" if steady else "loop ms/iter: no steady log line"
+    return vals, [h["loss"] for h in logs], ms
+
+
+def new_model(args, seed: int = 0):
+    from nanogpt_ray.model import GPT, GPTConfig
+    from nanogpt_ray.tokenizer import model_vocab_size
+
+    s = args.shape
+    torch.manual_seed(seed)
+    config = GPTConfig(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block_size, bias=False,
+                       vocab_size=model_vocab_size({"vocab_size": s.vocab, "tokenizer": "synthetic"}), dropout=0.0)
+    return GPT(config).to(args.device)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def timed_steps(args, compiled: bool, warmup: int, steps: int) -> tuple[object, float, list[float]]:
+    """(model, seconds of the first step, seconds of each of `steps` steady steps): a training step on one
+    fixed batch, synchronized before and after, so the GPU's queue cannot hide in the figure."""
+    model = new_model(args)
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    optimizer = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), device_type)
+    run = torch.compile(model) if compiled else model
+    g = torch.Generator().manual_seed(0)
+    X, Y = (torch.randint(0, args.shape.vocab, (args.batch_size, args.shape.block_size), generator=g).to(args.device)
+            for _ in range(2))
+    ctx = autocast_context(args.device, args.dtype)
+
+    def step() -> float:
+        sync(args.device)
+        t0 = time.perf_counter()
+        with ctx:
+            _, loss = run(X, Y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(args.device)
+        return time.perf_counter() - t0
+
+    first = step()
+    for _ in range(warmup):
+        step()
+    return model, first, [step() for _ in range(steps)]
+
+
+def timing_counts(args) -> tuple[int, int]:
+    return (3, 10) if args.tiny else (10, 30)
+
+
+# ----------------------------------------------------------------------------- the rows
+
+def row_learns(args):
     from nanogpt_ray.train_loop import run_bare
 
-    runtime = run_bare(cfg)
-    logs = [h for h in runtime.history if "ms_per_iter" in h]
-    evals = [h for h in runtime.history if "val_loss" in h]
-    steady = logs[len(logs) // 2:] or logs  # past compile and warm-up
-    ms = sorted(h["ms_per_iter"] for h in steady)[len(steady) // 2] if steady else float("nan")
-    return {"ms_per_iter": ms, "tokens_per_s": cfg.tokens_per_iter() / (ms / 1000) if steady else 0.0,
-            "mfu": steady[-1]["mfu"] if steady else -1.0, "first_loss": evals[0]["val_loss"],
-            "last_loss": evals[-1]["val_loss"], "losses": [h["loss"] for h in logs]}
+    vals, losses, ms = loop_figures(run_bare(train_config(args, "learns")).history)
+    below = f"below {LOSS_BOUND} (floor 0)"
+    detail = f"val loss {vals[0]:.2f} -> {vals[-1]:.3f} in {args.iters} iters at lr {args.lr:g}, must end {below}; {ms}"
+    raise verdict(finite(vals + losses) and vals[-1] < LOSS_BOUND, detail)
 
 
-def check_train(args, work) -> tuple[bool, str]:
-    r = run_loop(train_config(args, work, "train"))
-    # random tokens: the loss starts at ~ln(vocab) and cannot go much lower; it must stay finite and not rise
-    ok = all(map(lambda x: x == x and abs(x) != float("inf"), r["losses"])) and r["last_loss"] <= r["first_loss"] + 0.05
-    return ok, (f"{r['ms_per_iter']:.1f} ms/iter, {r['tokens_per_s']:,.0f} tok/s, MFU {r['mfu'] * 100:.1f}%, "
-                f"val loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
+def mfu_floor(device_name: str) -> float:
+    return next(floor for pattern, floor in MFU_FLOORS if re.search(pattern, device_name, re.IGNORECASE))
 
 
-def check_fp16(args, work) -> tuple[bool, str]:
-    if args.device == "cpu":
-        return True, "skipped on CPU (GradScaler is a GPU path)"
-    r = run_loop(train_config(args, work, "fp16", dtype="float16", compile=False, max_iters=min(args.iters, 50)))
-    ok = r["last_loss"] <= r["first_loss"] + 0.05 and all(x == x for x in r["losses"])
-    return ok, f"{r['ms_per_iter']:.1f} ms/iter, val loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}"
+def row_mfu(args):
+    warmup, steps = timing_counts(args)
+    model, _, times = timed_steps(args, args.compile, warmup, steps)
+    dt = statistics.median(times)
+    achieved = model.flops_per_token() * args.shape.block_size * args.batch_size / dt
+    what = f"{dt * 1000:.1f} ms/step ({'compiled' if args.compile else 'eager'}, median of {steps}), " \
+           f"{achieved / 1e12:.2f} TFLOP/s"
+    if not args.device.startswith("cuda"):
+        peak = measure_matmul_flops("cpu")
+        mfu = achieved / peak
+        raise verdict(0 < mfu < 1, f"{what}; MFU {mfu * 100:.1f}% of the measured fp32 matmul peak "
+                                   f"({peak / 1e9:.0f} GFLOP/s; CPUs: no floor), must be < 100%")
+    name = torch.cuda.get_device_name(args.device)
+    peak = peak_flops_for_device(name)
+    if peak is None:
+        raise Row("UNCHECKED", f"{what}; '{name}' has no data-sheet peak in device.PEAK_FLOPS: MFU not judged")
+    mfu, floor = achieved / peak, mfu_floor(name)
+    raise verdict(floor < mfu < 1, f"{what}; MFU {mfu * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s, "
+                                   f"must be in ({floor * 100:.0f}%, 100%)")
 
 
-def check_torchrun(args, work) -> tuple[bool, str]:
-    gpus = torch.cuda.device_count() if args.device != "cpu" else 1
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", __file__,
-           "--child", f"--device={args.device}", f"--work={work}"] + (["--tiny"] if args.tiny else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("CHILD ")]
-    if proc.returncode != 0 or not lines:
-        return False, f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:200]}"
-    result = json.loads(lines[-1][len("CHILD "):])
-    return result["ok"], f"{gpus} process(es), {result['backend']}, all_reduce {result['sum']} (want {result['want']})"
+def row_compile(args):
+    if not args.compile:
+        raise Row("UNCHECKED", "--compile=False")
+    warmup, steps = timing_counts(args)
+    _, eager_first, eager = timed_steps(args, False, warmup, steps)
+    _, compiled_first, compiled = timed_steps(args, True, warmup, steps)
+    e, c = statistics.median(eager), statistics.median(compiled)
+    raise verdict(c <= COMPILE_SLOWDOWN * e,
+                  f"compile {compiled_first - c:.1f} s; steady step compiled {c * 1000:.2f} ms vs eager {e * 1000:.2f} ms "
+                  f"({c / e:.2f}x, must be <= {COMPILE_SLOWDOWN})")
 
 
-def child(args) -> None:
-    """One torchrun rank: a checked all_reduce, then a few iterations of the loop (DDP when world > 1)."""
+def row_fp16(args):
+    from nanogpt_ray.checkpoint import CKPT_NAME
+    from nanogpt_ray.train_loop import run_bare
+
+    history = run_bare(train_config(args, "fp16", dtype="float16", compile=False)).history
+    vals, losses, ms = loop_figures(history)
+    resume = torch.load(args.work / "fp16" / CKPT_NAME, map_location="cpu", weights_only=True)["resume"]
+    skipped = resume["skipped_steps"]
+    past_warmup = [h for h in history if "skipped_steps" in h and h["iter"] >= WARMUP]
+    if not past_warmup:
+        raise Row("FAIL", f"--iters={args.iters} leaves no log line past the {WARMUP}-iteration warm-up")
+    after = skipped - past_warmup[0]["skipped_steps"]
+    ok = finite(vals + losses) and vals[-1] < LOSS_BOUND and after <= FP16_MAX_SKIPS
+    raise verdict(ok, f"final scale {resume['scaler']['scale']:g}; steps skipped {skipped} ({after} after iteration "
+                      f"{past_warmup[0]['iter']}, must be <= {FP16_MAX_SKIPS}); val loss {vals[0]:.2f} -> {vals[-1]:.3f}, "
+                      f"must end below {LOSS_BOUND}; {ms}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def row_ddp(args):
+    gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+    backend = "nccl" if gpus >= 2 else "gloo"
+    result = args.work / "ddp-rank0.json"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    ranks = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--row=ddp-rank", f"--backend={backend}"],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(2)]
+    codes = [rank.wait() for rank in ranks]  # a hang is caught by the row's timeout, which kills the ranks too
+    if any(codes) or not result.exists():
+        raise Row("FAIL", f"ranks exited {codes}")
+    r = json.loads(result.read_text())
+    tol = GRAD_TOL[args.dtype]
+    where = {"nccl": "NCCL, one GPU per rank", "gloo": "gloo on cuda:0" if gpus == 1 else "gloo on CPU"}[backend]
+    detail = (f"{where}: gradient error vs one process {r['error']:.1e} (tolerance {tol:g}; "
+              f"rank 0's micro-batches alone: {r['alone']:.2f})")
+    if r["error"] > tol:
+        raise Row("FAIL", detail)
+    if gpus == 1:
+        raise Row("UNCHECKED", detail + "; NCCL across ranks could not be checked: 1 GPU")
+    raise Row("PASS", detail)
+
+
+def ddp_rank(args) -> None:
+    """One rank of the DDP row: an iteration through the loop's DDP wrapper, then (rank 0) the same micro-batches
+    accumulated in one process, and the relative gradient error between the two."""
     import torch.distributed as dist
 
-    backend = "nccl" if args.device != "cpu" else "gloo"
-    dist.init_process_group(backend=backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if backend == "nccl" else "cpu"
-    value = torch.tensor([float(rank + 1)], device=device)
-    dist.all_reduce(value)
-    want = world * (world + 1) / 2
-    cfg = train_config(args, pathlib.Path(args.work), "torchrun", max_iters=5, compile=False,
-                       gradient_accumulation_steps=world, device="cuda" if backend == "nccl" else "cpu")
-    run_loop(cfg)
+    from nanogpt_ray.parallel import data_parallel, set_grad_sync
+
+    rank = int(os.environ["RANK"])
+    device = f"cuda:{rank}" if args.backend == "nccl" else args.device if args.device == "cpu" else "cuda:0"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # before NCCL starts: each rank's communicator on its own GPU
+    dist.init_process_group(args.backend)
+    world, m = dist.get_world_size(), 2
+    args.device = device
+    ctx = autocast_context(device, args.dtype)
+    batches = []
+    for k in range(world * m):  # global micro-batch k, the same on every rank
+        g = torch.Generator().manual_seed(k)
+        batches.append([torch.randint(0, args.shape.vocab, (args.batch_size, args.shape.block_size), generator=g)
+                        .to(device) for _ in range(2)])
+
+    def accumulate(model, micro_batches, sync_last=None):
+        for i, (X, Y) in enumerate(micro_batches):
+            if sync_last is not None:
+                set_grad_sync(sync_last, i == len(micro_batches) - 1)
+            with ctx:
+                _, loss = model(X, Y)
+            (loss / len(micro_batches)).backward()
+        return {n: p.grad.float() for n, p in getattr(model, "module", model).named_parameters()}
+
+    model = new_model(args)
+    ddp = data_parallel(model, world, device)
+    grads = accumulate(ddp, batches[rank * m:rank * m + m], sync_last=ddp)
     if rank == 0:
-        print("CHILD " + json.dumps({"ok": value.item() == want, "sum": value.item(), "want": want, "backend": backend}),
-              flush=True)
+        def error(got: dict, want: dict) -> float:  # the worst parameter's relative error
+            return max(((got[n] - g).norm() / g.norm().clamp_min(1e-30)).item() for n, g in want.items())
+
+        reference = accumulate(new_model(args), batches)
+        alone = accumulate(new_model(args), batches[:m])  # what a missing all-reduce would leave on rank 0
+        (args.work / "ddp-rank0.json").write_text(json.dumps({"error": error(grads, reference),
+                                                              "alone": error(alone, reference)}))
+    dist.barrier()
     dist.destroy_process_group()
 
 
-def check_sampling(args) -> tuple[bool, str]:
+def sampling_model(args):
+    model = new_model(args).eval()
+    return model, autocast_context(args.device, args.dtype), min(args.new_tokens, args.shape.block_size - PROMPT_TOKENS)
+
+
+def row_sampling(args):
     from nanogpt_ray.engine import generate
-    from nanogpt_ray.model import GPT, GPTConfig
 
-    shape = TINY if args.tiny else GPT2_124M
-    model = GPT(GPTConfig(**{k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size")},
-                          vocab_size=PADDED_VOCAB_SIZE, bias=False)).to(args.device).eval()
-    dtype = torch.bfloat16 if args.device != "cpu" else torch.float32
-    figures = []
+    model, ctx, new = sampling_model(args)
+    rates = {}
     for batch in (1, 16):
-        prompt = torch.randint(0, 50257, (batch, 16), device=args.device)
-        with torch.autocast(device_type="cuda" if args.device != "cpu" else "cpu", dtype=dtype,
-                            enabled=args.device != "cpu"):
+        prompt = torch.randint(0, args.shape.vocab, (batch, PROMPT_TOKENS), device=args.device)
+        with ctx:
             generate(model, prompt, 4, top_k=200)  # warm-up
-            if args.device != "cpu":
-                torch.cuda.synchronize()
+            sync(args.device)
             t0 = time.perf_counter()
-            out = generate(model, prompt, args.new_tokens, top_k=200)
-            if args.device != "cpu":
-                torch.cuda.synchronize()
-        figures.append(batch * args.new_tokens / (time.perf_counter() - t0))
-        assert out.shape == (batch, 16 + args.new_tokens)
-    return all(f > 0 for f in figures), f"batch 1: {figures[0]:,.0f} tok/s, batch 16: {figures[1]:,.0f} tok/s"
+            out = generate(model, prompt, new, top_k=200)
+            sync(args.device)
+        rates[batch] = batch * new / (time.perf_counter() - t0)
+        if out.shape != (batch, PROMPT_TOKENS + new):
+            raise Row("FAIL", f"batch {batch}: output shape {tuple(out.shape)}")
+    gain = rates[16] / rates[1]
+    raise verdict(gain >= BATCH_GAIN, f"{new} new tokens: batch 1 {rates[1]:,.0f} tok/s, batch 16 {rates[16]:,.0f} "
+                                      f"tok/s ({gain:.1f}x, must be >= {BATCH_GAIN:g}x)")
 
 
-def main() -> int:
+def row_serving(args):
+    from nanogpt_ray.engine import ContinuousBatcher, Sequence
+
+    model, ctx, new = sampling_model(args)
+    batcher = ContinuousBatcher(model, args.device, ctx, max_batch_size=CLIENTS)
+    stop = threading.Event()
+    threading.Thread(target=batcher.run, args=(stop,), daemon=True).start()
+    requests = 2 if args.tiny else 4
+    problems = []
+
+    def client(seed: int) -> None:
+        for i in range(requests):
+            tokens, done, reasons = [], threading.Event(), []
+            prompt = torch.randint(0, args.shape.vocab, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(seed)).tolist()
+            batcher.submit(Sequence(prompt, new, tokens.append, lambda reason: (reasons.append(reason), done.set()),
+                                    top_k=200, seed=seed * 1000 + i, device=args.device))
+            if not done.wait(args.timeout) or reasons != ["length"] or len(tokens) != new:
+                problems.append(f"client {seed} request {i}: {reasons}, {len(tokens)} tokens")
+
+    def throughput(clients: int) -> float:
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return clients * requests * new / (time.perf_counter() - t0)
+
+    throughput(1)  # warm-up
+    one, many = throughput(1), throughput(CLIENTS)
+    stop.set()
+    gain = many / one
+    detail = (f"{requests} requests x {new} tokens per client: 1 client {one:,.0f} tok/s, {CLIENTS} clients "
+              f"{many:,.0f} tok/s ({gain:.1f}x, must be >= {BATCH_GAIN:g}x)")
+    if problems:
+        raise Row("FAIL", f"{problems[0]} ({len(problems)} bad requests); {detail}")
+    raise verdict(gain >= BATCH_GAIN, detail)
+
+
+ROW_FUNCTIONS = {"learns": row_learns, "mfu": row_mfu, "compile": row_compile, "fp16": row_fp16, "ddp": row_ddp,
+                 "sampling": row_sampling, "serving": row_serving}
+
+
+def run_row_here(args) -> None:
+    """The child process of one row: its verdict goes to <work>/<row>.json."""
+    try:
+        ROW_FUNCTIONS[args.row](args)
+        row = Row("FAIL", "the row gave no verdict")
+    except Row as verdict_:
+        row = verdict_
+    except Exception as e:  # a crash is a FAIL with its one line
+        message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        row = Row("FAIL", f"{type(e).__name__}: {message}")
+    (args.work / f"{args.row}.json").write_text(json.dumps({"status": row.status, "detail": row.detail}))
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def run_row(args, name: str) -> tuple[str, str, float]:
+    """One row in its own process group, killed whole (ranks included) after --timeout seconds."""
+    env = dict(os.environ)
+    # the compile row compiles with empty caches (an honest compile time); the others share one cache
+    cache = args.work / ("cache-compile" if name == "compile" else "cache")
+    env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
+    log = args.work / f"{name}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, __file__, *sys.argv[1:], f"--row={name}", f"--work={args.work}"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=REPO)
+        try:
+            proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "FAIL", f"timed out after {args.timeout:g} s (a hang?); log: {log}", time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    result = args.work / f"{name}.json"
+    if not result.exists():
+        lines = log.read_text(errors="replace").strip().splitlines() or ["no output"]
+        return "FAIL", f"exit {proc.returncode}: {lines[-1][:300]}; log: {log}", seconds
+    verdict_ = json.loads(result.read_text())
+    return verdict_["status"], verdict_["detail"], seconds
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="a tiny shape (CPU check of the script itself)")
-    parser.add_argument("--iters", type=int, default=300)
-    parser.add_argument("--new_tokens", type=int, default=200)
-    parser.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--work", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--tiny", action="store_true", help="a tiny shape (checks the script itself on a CPU)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"),
+                        help="the learns, MFU, compile, DDP and sampling rows (fp16 is its own row); default "
+                             "bfloat16 on GPUs, float32 on CPUs (slow bf16 kernels: the unit tests cover bf16 there)")
+    parser.add_argument("--iters", type=int, help="learns and fp16 iterations (default: the shape's)")
+    parser.add_argument("--lr", type=float, help="learning rate of the learning rows (default: the shape's; 0 must FAIL)")
+    parser.add_argument("--batch_size", type=int, help="sequences per step (default: the shape's)")
+    parser.add_argument("--new_tokens", type=int, help="tokens per sampling/serving request (default: the shape's)")
+    parser.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                        help="torch.compile the model (default True; False leaves the compile row UNCHECKED)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {','.join(ROWS)}")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per row before it is killed and FAILs")
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.shape = TINY if args.tiny else GPT2_124M
+    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    for key in ("iters", "lr", "batch_size", "new_tokens"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(args.shape, key))
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown row {unknown[0]!r}; rows are {', '.join(ROWS)}")
+    if args.lr < 0 or args.iters < 1 or args.batch_size < 1 or args.new_tokens < 1 or args.timeout <= 0:
+        parser.error("--lr must be >= 0; --iters, --batch_size, --new_tokens and --timeout must be > 0")
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device={args.device!r}: use cuda or cpu")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.row == "ddp-rank":
+        args.work = pathlib.Path(args.work)
+        ddp_rank(args)
         return 0
-    if args.device != "cpu" and not torch.cuda.is_available():
+    if args.row:
+        args.work = pathlib.Path(args.work)
+        run_row_here(args)
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU here: pass --device=cpu --tiny to check the script on a CPU", file=sys.stderr)
         return 2
-    work = pathlib.Path(tempfile.mkdtemp(prefix="nanogpt-gpu-check-"))
-    write_synthetic_dataset(str(work / "data" / "random"), seed=0)
-    name = torch.cuda.get_device_name(0) if args.device != "cpu" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; shape {TINY if args.tiny else GPT2_124M}", flush=True)
-    rows = []
-    for label, check in (("train (bf16, compile)" if args.device != "cpu" else "train (fp32)", lambda: check_train(args, work)),
-                         ("fp16 + GradScaler", lambda: check_fp16(args, work)),
-                         ("torchrun DDP", lambda: check_torchrun(args, work)),
-                         ("KV-cache sampling", lambda: check_sampling(args))):
-        try:
-            ok, detail = check()
-        except Exception as e:  # a failing check is a row, not the end of the table
-            ok, detail = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-        rows.append((label, ok, detail))
-        print(f"{label}: {'PASS' if ok else 'FAIL'}: {detail}", flush=True)
-    width = max(len(label) for label, _, _ in rows)
-    print("\n| check | result | figures |\n|---|---|---|")
-    for label, ok, detail in rows:
-        print(f"| {label.ljust(width)} | {'PASS' if ok else 'FAIL'} | {detail} |")
-    return 0 if all(ok for _, ok, _ in rows) else 1
+    args.work = pathlib.Path(tempfile.mkdtemp(prefix="nanogpt-gpu-check-"))
+    write_repeat_task(args.work / "data" / "repeat", args.shape.vocab)
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    print(f"{time.strftime('%Y-%m-%d')}: {name} x{gpus}; torch {torch.__version__}; "
+          f"{'tiny' if args.tiny else 'GPT-2 124M'} shape {args.shape}; dtype {args.dtype}; compile {args.compile}; "
+          f"work dir {args.work}", flush=True)
+    results = []
+    for row in args.rows:
+        status, detail, seconds = run_row(args, row)
+        results.append((ROWS[row], status, detail, seconds))
+        print(f"{ROWS[row]}: {status}: {detail} ({seconds:.0f} s)", flush=True)
+    width = max(len(label) for label, *_ in results)
+    print("\n| row | result | figures | s |\n|---|---|---|---|")
+    for label, status, detail, seconds in results:
+        print(f"| {label.ljust(width)} | {status} | {detail} | {seconds:.0f} |")
+    counts = {s: sum(r[1] == s for r in results) for s in ("PASS", "FAIL", "UNCHECKED")}
+    print(f"\n{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['UNCHECKED']} UNCHECKED (not a pass: see the row)")
+    return 1 if counts["FAIL"] else 0
 
 
 if __name__ == "__main__":

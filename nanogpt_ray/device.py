@@ -1,6 +1,7 @@
 """Devices: the configs' 'auto' device and dtype made concrete, and the peak FLOP/s MFU is measured against.
 Torch only."""
 
+import re
 import time
 from contextlib import nullcontext
 
@@ -80,33 +81,42 @@ def enable_tf32() -> None:
 
 # ----------------------------------------------------------------------------- peak FLOP/s for MFU
 
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched against the CUDA device name.
-# Order matters: the first substring found wins ("H100 PCIe" before "H100").
-PEAK_BF16_FLOPS = (
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("A10G", 125e12),
-    ("A10", 125e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),
-    ("T4", 65e12),
+# Dense 16-bit tensor-core peaks (FLOP/s, no sparsity): bf16 where the GPU has it, fp16 on V100 and T4 (no bf16;
+# dtype='auto' trains those in fp16). Data sheets quote "with sparsity" figures: the dense peak is half of those.
+# Matched against the CUDA device name as a regex, the first match wins (so "H100 NVL" before "H100"); word
+# boundaries keep "L4" from matching "L40" and "H200" from matching "GH200". None: a known name without a
+# data-sheet figure (MFU then says so instead of guessing).
+PEAK_FLOPS = (
+    (r"\bGB200\b", 2500e12),  # NVIDIA GB200 NVL72 data sheet: FP16/BF16 5 PFLOPS per GPU with sparsity
+    (r"\bB200\b", 2250e12),  # NVIDIA HGX B200 data sheet: FP16/BF16 4.5 PFLOPS per GPU with sparsity
+    (r"\bGH200\b", 989e12),  # NVIDIA GH200 Grace Hopper data sheet: BF16 1,979 TFLOPS with sparsity
+    (r"\bH200 NVL\b", 835e12),  # NVIDIA H200 NVL data sheet: BF16 1,671 TFLOPS with sparsity
+    (r"\bH200\b", 989e12),  # NVIDIA H200 (SXM) data sheet: BF16 1,979 TFLOPS with sparsity
+    (r"\bH100 NVL\b", 835e12),  # NVIDIA H100 data sheet, H100 NVL column: BF16 1,671 TFLOPS with sparsity
+    (r"\bH100 PCIe\b", 756e12),  # NVIDIA H100 data sheet, H100 PCIe column: BF16 1,513 TFLOPS with sparsity
+    (r"\bH100\b", 989e12),  # NVIDIA H100 data sheet, H100 SXM column: BF16 1,979 TFLOPS with sparsity
+    (r"\bH800 PCIe\b", 756e12),  # NVIDIA H800 PCIe data sheet: BF16 1,513 TFLOPS with sparsity
+    (r"\bH800\b", 989e12),  # NVIDIA H800 SXM5 data sheet: BF16 1,979 TFLOPS with sparsity
+    (r"\bA100\b", 312e12),  # NVIDIA A100 data sheet (SXM and PCIe, 40/80 GB): BF16 312 TFLOPS, 624 with sparsity
+    (r"\bA800\b", 312e12),  # NVIDIA A800 data sheet: BF16 312 TFLOPS, 624 with sparsity
+    (r"\bL40S\b", 362e12),  # NVIDIA L40S data sheet: BF16 362.05 TFLOPS, 733 with sparsity
+    (r"\bL40\b", 181e12),  # NVIDIA L40 data sheet: BF16 181.05 TFLOPS, 362.1 with sparsity
+    (r"\bL4\b", 121e12),  # NVIDIA L4 data sheet: BF16 242 TFLOPS with sparsity
+    (r"\bA10G\b", None),  # an AWS part with no NVIDIA data sheet
+    (r"\bA10\b", 125e12),  # NVIDIA A10 data sheet: BF16 125 TFLOPS, 250 with sparsity
+    (r"\bRTX 4090\b", 165e12),  # NVIDIA Ada GPU architecture white paper: BF16 with FP32 accumulate 165.2 TFLOPS
+    (r"\bRTX 3090\b(?! Ti)", 71e12),  # NVIDIA GA102 white paper, RTX 3090: BF16 with FP32 accumulate 71 TFLOPS
+    (r"\bV100S\b", 130e12),  # NVIDIA V100S data sheet: FP16 tensor 130 TFLOPS
+    (r"\bV100\b.*\bPCIE\b", 112e12),  # NVIDIA V100 data sheet, PCIe column: FP16 tensor 112 TFLOPS
+    (r"\bV100\b", 125e12),  # NVIDIA V100 data sheet, SXM2 column: FP16 tensor 125 TFLOPS
+    (r"\bT4\b", 65e12),  # NVIDIA T4 data sheet: mixed precision (FP16/FP32) 65 TFLOPS
 )
 
 
 def peak_flops_for_device(device_name: str):
-    """bf16 peak of a named CUDA device, or None when the table does not know it."""
-    for key, flops in PEAK_BF16_FLOPS:
-        if key.lower() in device_name.lower():
+    """Dense 16-bit tensor peak of a named CUDA device, or None when the table has no data-sheet figure for it."""
+    for pattern, flops in PEAK_FLOPS:
+        if re.search(pattern, device_name, re.IGNORECASE):
             return flops
     return None
 

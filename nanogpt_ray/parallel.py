@@ -39,6 +39,17 @@ def check_fsdp_dtype(dtype: str) -> None:
                                "pass --dtype=bfloat16 (or float32), or --parallelism=ddp")
 
 
+def mixed_precision_policy(dtype: str):
+    """FSDP2's precision for a run's dtype, on any device (gloo on CPU runs bf16 too): bf16 compute with fp32
+    master weights and an fp32 gradient reduce-scatter (sums of many bf16 values lose bits); float32 keeps
+    fp32 throughout."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if dtype == "bfloat16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
 def shard_model(model: nn.Module, parallelism: str, world_size: int, device: str, dtype: str) -> nn.Module:
     """FSDP2 in place, before the optimizer is built (it must see the sharded parameters); a no-op for DDP
     and for one worker (nothing to shard over)."""
@@ -47,7 +58,7 @@ def shard_model(model: nn.Module, parallelism: str, world_size: int, device: str
     check_fsdp_dtype(dtype)
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     # each rank initialised its model under its own seed (seed + rank, for dropout); DDP broadcasts rank 0's
     # weights when it wraps the model, fully_shard would shard whatever each rank holds: broadcast first
@@ -57,12 +68,7 @@ def shard_model(model: nn.Module, parallelism: str, world_size: int, device: str
                 dist.broadcast(tensor, src=0)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     mesh = init_device_mesh(device_type, (world_size,))  # over the process group Ray or torchrun started
-    # bf16 compute with fp32 master weights and an fp32 gradient reduce-scatter (sums of many bf16 values
-    # lose bits); float32 runs (every CPU run) keep fp32 throughout
-    if dtype == "bfloat16":
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    else:
-        policy = MixedPrecisionPolicy()
+    policy = mixed_precision_policy(dtype)
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     # the root: wte (tied to lm_head), wpe and ln_f; after the blocks, so each block keeps its own group

@@ -165,6 +165,7 @@ class TrainState:
     nan_rollbacks: int = 0
     skip_iters: set = field(default_factory=set)  # iterations whose batches made the loss non-finite
     lr_scale: float = 1.0  # nan_lr_scale to the power of the rollbacks so far
+    skipped_steps: int | torch.Tensor = 0  # optimizer steps GradScaler skipped (fp16 overflow); on the device in the loop
     meta: dict = field(default_factory=dict)  # rank, world size, device type: what the RNG states belong to
 
 
@@ -202,6 +203,17 @@ class NonFiniteWatch:
         value = float(self.value.item())
         self.first_iter.fill_(-1)
         return first, value
+
+
+def optimizer_step(state: TrainState) -> None:
+    """The optimizer step through GradScaler. In fp16 the scaler skips a step whose gradients overflowed and
+    halves its scale; comparing the scale before and after on the device counts those steps without a host sync
+    (fused AdamW takes the scaler's inf check on the device too)."""
+    before = state.scaler._get_scale_async().clone() if state.scaler.is_enabled() else None  # set by scale(loss)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    if before is not None:
+        state.skipped_steps = state.skipped_steps + (state.scaler._get_scale_async() < before).long()
 
 
 def all_gather(obj, world_size: int) -> list:
@@ -252,6 +264,7 @@ def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, runtime: Runtime) -
     extra = ckpt.get("resume", {})
     if extra.get("scaler"):
         state.scaler.load_state_dict(extra["scaler"])
+    state.skipped_steps = int(extra.get("skipped_steps", 0))
     streams = extra.get("data_rng", [])
     if len(streams) == cfg.gradient_accumulation_steps:
         state.batches.load_stream_states(streams)
@@ -293,6 +306,7 @@ def checkpoint_dict(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> di
             "torch_rng": torch_rng,
             "cuda_rng": cuda_rng,
             "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
+            "skipped_steps": int(state.skipped_steps),
             "wandb_run_id": state.wandb_run_id,
             "num_workers": world_size,
             "skip_iters": sorted(state.skip_iters),
@@ -576,8 +590,7 @@ def train(config: dict, runtime: Runtime) -> Runtime:
         if cfg.grad_clip != 0.0:
             state.scaler.unscale_(state.optimizer)
             torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
+        optimizer_step(state)
         state.optimizer.zero_grad(set_to_none=True)  # free the gradients' memory now
 
         state.iter_num += 1
@@ -612,7 +625,8 @@ def train(config: dict, runtime: Runtime) -> Runtime:
                                "tokens_per_s": tokens_per_s, "ms_per_iter": dt * 1000}, step=state.iter_num)
             if state.iter_num % cfg.eval_interval != 0 and state.iter_num < cfg.max_iters:  # eval reports those
                 runtime.report(dict(info, iter=state.iter_num, loss=loss_value, lr=lr, ms_per_iter=dt * 1000,
-                                    tokens_per_s=tokens_per_s, mfu=running_mfu, eta_s=eta_s))
+                                    tokens_per_s=tokens_per_s, mfu=running_mfu, eta_s=eta_s,
+                                    skipped_steps=int(state.skipped_steps)))
 
     if wandb_run is not None:
         wandb_run.finish()

@@ -6,6 +6,7 @@ One module-scoped set of runs (each spawn costs ~10 s of interpreter start-up on
   fsdp5     FSDP, 2 workers, iterations 0..5               (saves at 5)
   fsdp15    FSDP, 2 workers, iterations 0..15 uninterrupted
   resumed   fsdp5's checkpoint -> 1 worker to 10 -> DDP, 2 workers to 15
+  fsdp_bf16 FSDP, 2 workers, iterations 0..5 in bfloat16 (its mixed-precision policy, on gloo)
 """
 
 import json
@@ -23,7 +24,7 @@ from nanogpt_ray import cli
 from nanogpt_ray.checkpoint import CKPT_NAME, model_from_checkpoint
 from nanogpt_ray.config import ConfigError, TrainConfig, from_dict
 from nanogpt_ray.model import GPT, GPTConfig
-from nanogpt_ray.parallel import ParallelismError, local_state_bytes, shard_model
+from nanogpt_ray.parallel import ParallelismError, local_state_bytes, mixed_precision_policy, shard_model
 from nanogpt_ray.train_loop import run_bare
 from tests.nanogpt_contract import assert_nanogpt_reads
 from tests.train_data import make_dataset, tiny_config
@@ -86,6 +87,8 @@ def runs(tmp_path_factory):
     one = train_on(1, config("resumed", max_iters=10, init_from="resume", parallelism="fsdp"), root)
     two = train_on(2, config("resumed", max_iters=15, init_from="resume", num_workers=2), root)
     out["resumed"] = one + two
+    out["fsdp_bf16"] = train_on(2, config("fsdp_bf16", max_iters=5, num_workers=2, parallelism="fsdp",
+                                          dtype="bfloat16"), root)
     return out
 
 
@@ -130,6 +133,19 @@ def test_fsdp_checkpoint_resumes_on_one_worker_then_on_ddp_like_the_uninterrupte
     assert b["iter_num"] == 15 and b["config"]["parallelism"] == "ddp"
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], atol=1e-4, rtol=1e-3, msg=key)
+
+
+@pytest.mark.timeout(300)
+def test_fsdp_in_bfloat16_computes_in_bf16_keeps_fp32_weights_and_tracks_fp32(runs):
+    bf16, fp32 = losses(runs["fsdp_bf16"]), losses(runs["fsdp5"])
+    assert sorted(bf16) == sorted(fp32)
+    gaps = [abs(bf16[it] - fp32[it]) for it in fp32]
+    assert max(gaps) <= 0.02 and max(gaps) > 1e-5, gaps  # bf16 rounding shows, and stays small
+    model = weights(runs["root"] / "fsdp_bf16")["model"]
+    assert {t.dtype for t in model.values()} == {torch.float32}  # the master weights stay fp32
+    policy = mixed_precision_policy("bfloat16")
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert mixed_precision_policy("float32").param_dtype is None
 
 
 @pytest.mark.timeout(300)

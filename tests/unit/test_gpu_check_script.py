@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.py, run on the CPU with a tiny shape: every row of its table passes and it exits 0, so the
-script is ready for the day a GPU machine is lent (where it runs the GPT-2 shape in bf16 with compile)."""
+"""benchmarks/gpu_check.py on the CPU with a tiny shape: every row that can run on a CPU runs and passes, a run that
+cannot learn (--lr=0) fails its learning row and the script, and a row past its timeout is killed and fails by name.
+On a GPU machine the same script runs the GPT-2 124M shape (its docstring has the commands)."""
 
 import pathlib
 import subprocess
@@ -10,12 +11,42 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
+def gpu_check(*flags, timeout=600):
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device=cpu", "--tiny", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[1] in ("PASS", "FAIL", "UNCHECKED"):
+            rows[cells[0]] = (cells[1], cells[2])
+    return proc, rows
+
+
+@pytest.mark.timeout(900)
+def test_every_cpu_row_runs_passes_and_lands_in_one_table():
+    proc, rows = gpu_check("--compile=False")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert list(rows) == ["learns", "MFU", "compile", "fp16 + GradScaler", "DDP, 2 ranks", "KV-cache sampling",
+                          "serving, 16 clients"]
+    assert rows.pop("compile") == ("UNCHECKED", "--compile=False")
+    assert all(status == "PASS" for status, _ in rows.values()), rows
+    assert "gloo on CPU" in rows["DDP, 2 ranks"][1] and "final scale" in rows["fp16 + GradScaler"][1]
+    assert "0 FAIL, 1 UNCHECKED" in proc.stdout
+
+
 @pytest.mark.timeout(300)
-def test_gpu_check_runs_its_checks_on_cpu_and_prints_one_table():
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device=cpu", "--tiny", "--iters=10",
-                           "--new_tokens=8", "--compile=False"], cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "PASS" in line]
-    assert [line.split("|")[1].strip() for line in table] == ["train (fp32)", "fp16 + GradScaler", "torchrun DDP",
-                                                              "KV-cache sampling"]
-    assert "all_reduce 1.0 (want 1.0)" in proc.stdout and "tok/s" in proc.stdout
+def test_a_run_that_cannot_learn_fails_the_learns_row_and_the_script():
+    proc, rows = gpu_check("--rows=learns", "--lr=0", "--compile=False")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    status, detail = rows["learns"]
+    assert status == "FAIL" and "at lr 0," in detail, detail
+
+
+@pytest.mark.timeout(120)
+def test_a_row_past_its_timeout_is_killed_and_fails_by_name():
+    proc, rows = gpu_check("--rows=sampling", "--timeout=0.5")
+    assert proc.returncode == 1
+    status, detail = rows["KV-cache sampling"]
+    assert status == "FAIL" and detail.startswith("timed out after 0.5 s"), detail
+    proc, _ = gpu_check("--rows=learns,nope")
+    assert proc.returncode == 2 and "unknown row 'nope'" in proc.stderr
