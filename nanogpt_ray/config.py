@@ -145,8 +145,11 @@ class TrainConfig:
     """'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a local GPT-2 directory."""
     # wandb logging
     wandb_log: bool = False
+    """Log metrics to Weights & Biases from rank 0 (needs the wandb extra)."""
     wandb_project: str = "owt"
+    """W&B project the run is logged under."""
     wandb_run_name: str = "gpt2"
+    """W&B run name."""
     # data
     dataset: str = "openwebtext"
     """Folder under data_root holding train.bin, val.bin and meta.json."""
@@ -157,10 +160,14 @@ class TrainConfig:
     batch_size: int = 12
     """Micro-batch size per micro-step."""
     block_size: int = 1024
+    """Context length in tokens (the model's positions and each training sequence)."""
     # model
     n_layer: int = 12
+    """Transformer blocks."""
     n_head: int = 12
+    """Attention heads per block; must divide n_embd."""
     n_embd: int = 768
+    """Width of the residual stream (embedding size)."""
     dropout: float = 0.0
     """0 for pretraining, 0.1+ for finetuning."""
     bias: bool = False
@@ -180,14 +187,20 @@ class TrainConfig:
     learning_rate: float = 6e-4
     """AdamW's peak learning rate (with optimizer='muon': embeddings and head only)."""
     max_iters: int = 600000
+    """Optimizer steps to train for."""
     weight_decay: float = 1e-1
+    """AdamW weight decay on 2-D weights (embeddings and matmuls), as nanoGPT."""
     beta1: float = 0.9
+    """AdamW's beta1."""
     beta2: float = 0.95
+    """AdamW's beta2."""
     grad_clip: float = 1.0
     """Clip gradient norm at this value; 0 disables."""
     # learning rate decay
     decay_lr: bool = True
+    """Warm up, then cosine-decay the learning rate to min_lr; False keeps it constant."""
     warmup_iters: int = 2000
+    """Iterations of linear learning-rate warmup."""
     lr_decay_iters: int = 600000
     """Should be ~max_iters per Chinchilla."""
     min_lr: float = 6e-5
@@ -233,6 +246,7 @@ class TrainConfig:
     max_failures: int = 3
     """Worker-group restarts from the latest checkpoint before the run fails."""
     num_checkpoints_to_keep: int = 2
+    """Latest Ray checkpoints kept under storage_path; out_dir/ckpt.pt is kept apart from them."""
     max_nan_rollbacks: int = 3
     """Non-finite losses survived (each rolls back to the last checkpoint) before the run fails."""
     nan_skip_batches: bool = True
@@ -337,7 +351,9 @@ class SampleConfig(CheckpointSource):
     start: str = "\n"
     """Prompt text, or FILE:path to read it from a file."""
     num_samples: int = 10
+    """Samples drawn from the prompt (nanoGPT's 10); use 1 with top_k=1 (greedy), which repeats itself."""
     max_new_tokens: int = 500
+    """Tokens generated per sample (or per prompt row)."""
     temperature: float = 0.8
     """1.0 keeps the model's distribution, lower is more conservative; must be > 0."""
     top_k: int | None = 200
@@ -348,9 +364,13 @@ class SampleConfig(CheckpointSource):
     """Past block_size: 0 slides the window one token a step, exactly as nanoGPT (full recompute each token);
     n > 0 drops the oldest n tokens at once and keeps the KV cache between shifts (much faster, not nanoGPT's tokens)."""
     seed: int = 1337
+    """Torch seed; with --prompts, each row without a seed of its own derives one from it and its id."""
     device: str = "auto"
+    """'auto' picks cuda when present, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
+    """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
     compile: bool = False
+    """torch.compile the model (slow to start; rarely worth it for sampling)."""
     # batch sampling on Ray actors
     prompts: str = ""
     """A .jsonl, .parquet or .txt file of prompts; switches to batch sampling."""
@@ -359,6 +379,7 @@ class SampleConfig(CheckpointSource):
     num_actors: int = 0
     """Sampling actors; 0 means one per GPU, or per free CPU slot."""
     gpus_per_actor: float = 0.0
+    """GPUs each sampling actor reserves (0 samples on CPU)."""
     batch_size: int = 16
     """Rows generated together by one actor."""
     truncate: bool = False
@@ -366,6 +387,7 @@ class SampleConfig(CheckpointSource):
     resume: bool = False
     """Skip ids already present in the output."""
     address: str = ""
+    """Ray cluster to join for --prompts; '' uses RAY_ADDRESS, else starts a local cluster."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -388,6 +410,7 @@ class ServeConfig(CheckpointSource):
     host: str = "127.0.0.1"
     """Where the HTTP proxy listens; 0.0.0.0 exposes it beyond this machine."""
     port: int = 8000
+    """HTTP port of the proxy; a busy port fails in one line before Serve starts."""
     num_replicas: int = 1
     """Fixed number of model replicas; ignored when max_replicas > 0 (autoscaling)."""
     min_replicas: int = 1
@@ -397,7 +420,9 @@ class ServeConfig(CheckpointSource):
     target_ongoing_requests: float = 16.0
     """Autoscaling target: requests in flight per replica before another replica is added."""
     cpus_per_replica: float = 1.0
+    """CPUs Ray reserves per model replica."""
     gpus_per_replica: float = 0.0
+    """GPUs per model replica (0 serves on CPU)."""
     max_batch_size: int = 32
     """Rows one replica decodes together; requests beyond it wait in the replica for a free row."""
     max_ongoing_requests: int = 64
@@ -407,7 +432,9 @@ class ServeConfig(CheckpointSource):
     retry_after_s: float = 1.0
     """The Retry-After hint sent with a 503."""
     device: str = "auto"
+    """'auto' picks cuda when the replica has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
+    """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
     watch: bool = False
     """Poll the checkpoint (ckpt_path, or out_dir/ckpt.pt) and swap to a newer one (by iter_num/mtime) without
     dropping requests in flight."""
@@ -447,37 +474,55 @@ class BenchConfig:
     """bench.py's knobs, plus cluster-wide and scaling benchmarks."""
 
     batch_size: int = 12
+    """Micro-batch size of each timed step."""
     block_size: int = 1024
+    """Sequence length of each timed step (and the model's context)."""
     n_layer: int = 12
+    """Transformer blocks."""
     n_head: int = 12
+    """Attention heads per block; must divide n_embd."""
     n_embd: int = 768
+    """Width of the residual stream."""
     bias: bool = False
+    """Bias in Linear and LayerNorm layers."""
     dropout: float = 0.0
+    """Dropout probability during the timed steps."""
     arch: Arch = "gpt2"
     """Model flavour, as TrainConfig.arch."""
     real_data: bool = True
     """Batches from a prepared dataset; False uses random tokens."""
     dataset: str = "openwebtext"
+    """Folder under data_root holding train.bin (with real_data=True)."""
     data_root: str = "data"
+    """Root folder of prepared datasets."""
     seed: int = 1337
+    """Torch seed for the model's initial weights and the batches."""
     device: str = "auto"
+    """'auto' picks cuda when present, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
+    """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
     compile: bool = True
+    """torch.compile the model before timing (compilation happens in the warmup steps)."""
     profile: bool = False
     """Write a torch.profiler trace (TensorBoard) instead of the plain timing."""
     profile_dir: str = "bench_profile"
+    """Where profile=True writes its trace."""
     warmup_steps: int = 10
+    """Untimed steps first (compilation, allocator warmup)."""
     timed_steps: int = 20
+    """Steps timed after the warmup."""
     cluster: bool = False
     """One benchmark actor per GPU (or per node on CPU clusters), spread over the Ray cluster."""
     scaling: bool = False
     """Time the Ray Train loop with 1..max_workers workers on the same global batch."""
     max_workers: int = 2
+    """Largest worker count in scaling mode (1..max_workers)."""
     gradient_accumulation_steps: int = 2
     """Global micro-steps per iteration in scaling mode."""
     json: str = ""
     """Write the result rows to this JSON file."""
     address: str = ""
+    """Ray cluster for cluster/scaling mode; '' uses RAY_ADDRESS, else starts a local cluster."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
