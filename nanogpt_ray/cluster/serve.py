@@ -22,8 +22,8 @@ from ray import serve  # Ray enters here
 from ray.serve.config import BackpressureConfig
 
 from ..config import ServeConfig, from_dict, to_dict
-from ..preflight import check_port_free, is_this_machine
 from ..engine import BatcherClosed, ContinuousBatcher, Sequence
+from ..preflight import check_port_free, is_this_machine
 from ..serving import (
     SSE_DONE,
     RequestError,

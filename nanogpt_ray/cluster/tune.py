@@ -12,9 +12,9 @@ import os
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.train.v2._internal.constants import DEFAULT_WORKER_GROUP_START_TIMEOUT_S  # private: only for the message
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ..config import SweepConfig, TrainConfig
