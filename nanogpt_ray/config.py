@@ -371,6 +371,9 @@ class SampleConfig(CheckpointSource):
     """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
     compile: bool = False
     """torch.compile the model (slow to start; rarely worth it for sampling)."""
+    threads: int = 0
+    """torch threads for decoding on CPU; 0: an explicit OMP_NUM_THREADS (Ray sets it per actor to its CPUs), else
+    1 or all cores, whichever a short probe finds faster for this model on this machine now (see README)."""
     # batch sampling on Ray actors
     prompts: str = ""
     """A .jsonl, .parquet or .txt file of prompts; switches to batch sampling."""
@@ -396,6 +399,8 @@ class SampleConfig(CheckpointSource):
         _check_sampling(self.temperature, self.top_k, self.top_p)
         if self.context_shift < 0:
             raise ConfigError(f"context_shift={self.context_shift} must be >= 0 (0 keeps nanoGPT's exact sliding window)")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} must be >= 0 (0 chooses)")
         for key in ("num_samples", "max_new_tokens", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
@@ -435,6 +440,8 @@ class ServeConfig(CheckpointSource):
     """'auto' picks cuda when the replica has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
     """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
+    threads: int = 0
+    """torch threads per replica for decoding on CPU; 0: Ray's OMP_NUM_THREADS (the replica's CPUs), as sample."""
     watch: bool = False
     """Poll the checkpoint (ckpt_path, or out_dir/ckpt.pt) and swap to a newer one (by iter_num/mtime) without
     dropping requests in flight."""
@@ -449,6 +456,8 @@ class ServeConfig(CheckpointSource):
         _check_init_from(self.init_from, ("resume",))
         if not 0 < self.port < 65536:
             raise ConfigError(f"port={self.port} must be in 1..65535")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} must be >= 0 (0 chooses)")
         for key in ("num_replicas", "max_batch_size", "max_ongoing_requests"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")

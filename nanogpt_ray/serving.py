@@ -269,5 +269,5 @@ def load_served_model(cfg: ServeConfig) -> LoadedModel:
     """Device, dtype, model and tokenizer, as `sample` loads them, plus what --watch needs to notice a newer one."""
     mtime = checkpoint_mtime(cfg)  # before reading: a checkpoint written meanwhile then counts as newer
     sampler, ckpt = load_model_for_sampling(cfg.init_from, cfg.out_dir, cfg.ckpt_path, cfg.data_root, cfg.device,
-                                            cfg.dtype)
+                                            cfg.dtype, cfg.threads)
     return LoadedModel(sampler, ckpt.get("iter_num") if ckpt is not None else None, mtime)

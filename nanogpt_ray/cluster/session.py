@@ -134,6 +134,39 @@ def prepare_worker_process() -> None:
     if address:
         os.environ["RAY_ADDRESS"] = address
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    # Train's controller asks Ray's autoscaling coordinator for its workers' resources with a 5 s timeout; on busy
+    # cores the coordinator's first answer can take longer, and Ray logs a harmless warning ("safe to ignore",
+    # it retries) with a full traceback: keep its one line, drop the traceback
+    logging.getLogger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client").addFilter(
+        _without_traceback)
+    # a worker group that cannot be placed in time is a condition with a plain message, not a bug: the
+    # controller's logs of it keep their message and lose the traceback (every other error keeps its own)
+    for name in ("ray.train.v2._internal.execution.controller.controller",
+                 "ray.train.v2._internal.execution.failure_handling.default"):
+        logging.getLogger(name).addFilter(_startup_timeout_without_traceback)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _startup_timeout_without_traceback(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if "WorkerGroupStartupTimeoutError" in (type(error).__name__, type(getattr(error, "controller_failure", None)).__name__):
+        _without_traceback(record)
+    return True
+
+
+def user_errors_in_one_line(record: logging.LogRecord) -> bool:
+    """A logging filter for the driver: a log of an exception that is one of our one-line UserErrors (also when
+    a Ray task raised it) keeps its message plus that line, without the traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, UserError):
+        line = str(getattr(error, "cause", None) or error).strip().splitlines()[-1]
+        record.msg, record.args = f"{record.getMessage()}: {line}", ()
+        _without_traceback(record)
+    return True
 
 
 def wait_until_ready(actors: list, timeout_s: float, why_not: str) -> list:

@@ -8,6 +8,7 @@ poor trials early on `val_loss` at eval points. Planning and the report are pure
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import ray
@@ -35,7 +36,7 @@ from ..sweep import (
     trial_train_config,
     write_report,
 )
-from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, connect, worker_env_vars
+from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, connect, user_errors_in_one_line, worker_env_vars
 from .train import build_trainer, check_cluster
 
 
@@ -74,6 +75,8 @@ def init_ray(sweep: SweepConfig) -> None:
     # the dashboard must run: Train's placement-group cleaner asks its State API whether a trial's controller
     # lives; without it, trials that ASHA stops leak their placement groups and later trials wait for CPUs
     connect(sweep.address, env_vars=env, include_dashboard=True)
+    # a trial that fails with one of our one-line errors (its workers cannot be placed) says so in one line
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(user_errors_in_one_line)
 
 
 def _tune_space(axes: dict[str, tuple]) -> dict:
