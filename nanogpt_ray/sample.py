@@ -131,6 +131,7 @@ def load_model_for_sampling(init_from: str, out_dir: str, ckpt_path: str, data_r
 
 # Threads chosen by probe_threads, per model shape and dtype: one probe per process.
 _PROBED_THREADS: dict[tuple, int] = {}
+_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before any probe lowers it
 
 
 def decode_threads(sampler: Sampler, threads: int = 0) -> int:
@@ -143,9 +144,9 @@ def decode_threads(sampler: Sampler, threads: int = 0) -> int:
     if threads > 0:
         torch.set_num_threads(threads)
         return threads
-    many = torch.get_num_threads()
+    many = _DEFAULT_THREADS
     if not sampler.device.startswith("cpu") or os.environ.get("OMP_NUM_THREADS") or many <= 1:
-        return many
+        return torch.get_num_threads()
     cfg = sampler.model.config
     key = (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, next(sampler.model.parameters()).dtype, many)
     if key not in _PROBED_THREADS:

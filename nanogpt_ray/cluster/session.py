@@ -80,7 +80,8 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
         _set_env("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "token"))
         kwargs["include_dashboard"] = include_dashboard
     try:
-        ray.init(address=address or None, log_to_driver=log_to_driver, runtime_env=runtime_env, **kwargs)  # None: a new local cluster
+        # address None: a new local cluster
+        ray.init(address=address or None, log_to_driver=log_to_driver, runtime_env=runtime_env, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
         _restore_env()
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -125,8 +126,8 @@ def prepare_worker_process() -> None:
 
     RAY_ADDRESS: Ray Train's placement-group cleaner (a detached actor) queries the State API with no address,
     which Ray resolves from RAY_ADDRESS, else by looking for Ray instances on the machine: with two it fails with
-    a traceback, or picks the other cluster (whose State API does not know our controller, so it removes a live
-    run's placement group). Subprocesses of the worker inherit the address too.
+    a traceback, or picks the one `ray start` last recorded, which may be the other cluster (whose State API does
+    not know our controller). Subprocesses of the worker inherit the address too.
     The cleaner's own warning: it asks the State API every second whether the controller lives, and on a
     cluster without the dashboard logs a warning each time, which reaches the person's terminal. Its job is moot
     there: the cluster, and every placement group in it, ends with the command."""
