@@ -13,6 +13,13 @@ is rebuilt once per N tokens (llama.cpp's context shift): tokens past block_size
 
 Every single-process row runs with --threads torch threads (default 1, like one Ray actor on one CPU): on a
 busy 2-core machine two threads make each small decoding op wait for a descheduled sibling thread.
+
+    .venv/bin/python benchmarks/sample_speed.py --threads_table    # batch-1 decoding: 1 thread vs all, quiet
+                                                                    # and beside a busy loop, interleaved
+    .venv/bin/python benchmarks/sample_speed.py --smoke             # tiny shapes, no Ray: seconds
+
+--threads_table is what `sample` (and actors, serve replicas) decide from: with neither --threads nor
+OMP_NUM_THREADS they run a short probe of the same two choices (sample.decode_threads); its pick is a column.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +41,51 @@ from nanogpt_ray.engine import generate  # noqa: E402
 from nanogpt_ray.model import GPT, GPTConfig  # noqa: E402
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False, dropout=0.0)
+SMOKE_SHAPE = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=65, bias=False, dropout=0.0)
 
 
-def build_model(seed=0):
+def build_model(seed=0, shape=None):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(**SHAPE)).eval()
+    return GPT(GPTConfig(**(shape or SHAPE))).eval()
+
+
+def threads_table(model, new_tokens: int, context_shift: int, rounds: int) -> list[tuple]:
+    """Batch-1 KV-cache decoding with 1 thread and with all of torch's default threads, on a quiet machine and
+    beside one busy loop (another program on a core), the two thread counts interleaved round by round; plus
+    the choice sample.decode_threads' probe makes in each condition. Rows: (condition, threads, median s,
+    tokens/s, probe's pick)."""
+    from nanogpt_ray.device import autocast_context
+    from nanogpt_ray.sample import Sampler, probe_threads
+
+    many = torch.get_num_threads()
+    sampler = Sampler(model, None, "cpu", autocast_context("cpu", "float32"))
+    rows = []
+    for condition in ("quiet", "beside a busy loop"):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition != "quiet" else None
+        try:
+            pick = probe_threads(sampler, (1, many))
+            seconds = {1: [], many: []}
+            for _ in range(rounds):
+                for n in seconds:
+                    torch.set_num_threads(n)
+                    seconds[n].append(time_generate(model, 1, new_tokens, True, context_shift)[1])
+        finally:
+            torch.set_num_threads(many)
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        for n, times in seconds.items():
+            median = statistics.median(times)
+            rows.append((condition, n, median, new_tokens / median, pick))
+    return rows
+
+
+def print_threads_table(rows: list[tuple], shape: dict, new_tokens: int, rounds: int) -> None:
+    print(f"\nbatch-1 decoding, {shape}, {new_tokens} new tokens, median of {rounds} interleaved rounds, "
+          f"{os.cpu_count()} cores")
+    print(f"{'condition':<20}  {'threads':>7}  {'seconds':>8}  {'tokens/s':>9}  {'probe picks':>11}")
+    for condition, n, median, tps, pick in rows:
+        print(f"{condition:<20}  {n:>7}  {median:>8.2f}  {tps:>9.1f}  {pick:>11}")
 
 
 def time_generate(model, batch, new_tokens, use_cache, context_shift=0, top_k=200):
@@ -101,13 +150,25 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the single-process rows")
     parser.add_argument("--exact_batch16", action="store_true", help="also time batch --batch with the exact window")
     parser.add_argument("--no_ray", action="store_true")
+    parser.add_argument("--threads_table", action="store_true",
+                        help="only the table of batch-1 decoding with 1 thread vs all, quiet and beside a busy loop")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --threads_table")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, 16 tokens, no Ray: proves the script runs")
     args = parser.parse_args(argv)
+    shape = SMOKE_SHAPE if args.smoke else SHAPE
+    if args.smoke:
+        args.new_tokens, args.batch, args.context_shift, args.rounds, args.no_ray = 48, 2, 8, 1, True
+    if args.threads_table or args.smoke:
+        rows = threads_table(build_model(shape=shape), args.new_tokens, args.context_shift, args.rounds)
+        print_threads_table(rows, shape, args.new_tokens, args.rounds)
+        if args.threads_table:
+            return rows
     torch.set_num_threads(args.threads)
-    model = build_model()
+    model = build_model(shape=shape)
     n, shift = args.new_tokens, args.context_shift
 
     rows = []  # (way, tokens/s, seconds)
-    print(f"{SHAPE}, {n} new tokens from a 1-token prompt, top_k=200, torch threads={args.threads}", flush=True)
+    print(f"{shape}, {n} new tokens from a 1-token prompt, top_k=200, torch threads={args.threads}", flush=True)
     measure = [("nanoGPT's way: batch 1, no cache", lambda: time_generate(model, 1, n, use_cache=False)),
                ("ours: KV cache, batch 1, exact window", lambda: time_generate(model, 1, n, True)),
                (f"ours: KV cache, batch 1, shift {shift}", lambda: time_generate(model, 1, n, True, shift))]

@@ -39,7 +39,7 @@ cat <<SUMMARY
 val loss:    $val_loss
 checkpoint:  $out_dir/ckpt.pt
 next:
-  nanogpt-ray sample --out_dir=$out_dir --start="ROMEO:" --top_k=1     # greedy text from your model
+  nanogpt-ray sample --out_dir=$out_dir --start="ROMEO:" --top_k=1 --num_samples=1   # greedy text from your model
   nanogpt-ray tune configs/sweep_shakespeare_char_cpu.py               # 4-trial lr x size sweep (~2 min)
   nanogpt-ray serve --out_dir=$out_dir                                 # an OpenAI-compatible endpoint on :8000
   nanogpt-ray export --out_dir=$out_dir                                # a Hugging Face directory in $out_dir/hf

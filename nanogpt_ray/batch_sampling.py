@@ -38,6 +38,11 @@ OUTPUT_COLUMNS = ("id", "sample", "prompt", "completion", "tokens", "max_new_tok
 PROMPT_FORMATS = (".jsonl", ".parquet", ".txt")
 OUTPUT_FORMATS = (".jsonl", ".parquet")
 SEED_MODULUS = 2**63  # torch.Generator seeds are 64-bit; stay positive in int64 columns too
+PROMPTS_SCHEMA = (f"prompts file ({', '.join(PROMPT_FORMATS)}): .txt is one prompt a line (id = line number from 1); "
+                  ".jsonl is one object a line and .parquet one row each, with 'prompt' (text), optional 'id' (any "
+                  "JSON value; default: the line or row number from 1) and optional per-row settings "
+                  f"{', '.join(ROW_SETTINGS)}, e.g. {{\"id\": \"q1\", \"prompt\": \"ROMEO:\", \"max_new_tokens\": 50}}. "
+                  f"Output rows (.jsonl or .parquet): {', '.join(OUTPUT_COLUMNS)}.")
 
 
 class BatchSampleError(UserError):

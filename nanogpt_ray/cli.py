@@ -9,6 +9,7 @@ fix end in one line on stderr and exit code 2; anything else is a bug and keeps 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 
 from .config import (
@@ -114,8 +115,11 @@ def cmd_tune(argv: list[str]) -> int:
 
 def cmd_sample(argv: list[str]) -> int:
     if wants_help(argv):
+        from .batch_sampling import PROMPTS_SCHEMA
+
         print(format_help(SampleConfig, "sample", "Sample from a checkpoint (init_from=resume) or GPT-2; "
-                                                  "--prompts=FILE --output=FILE samples a whole file on Ray actors."))
+                                                  "--prompts=FILE --output=FILE samples a whole file on Ray actors.",
+                          footer=PROMPTS_SCHEMA))
         return 0
     cfg = load(SampleConfig, argv)
     if cfg.prompts:
@@ -214,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"nanogpt-ray: unknown command {command!r}; use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        print(f"nanogpt-ray: unknown command {command!r}; {hint}use one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
         return COMMANDS[command](rest) or 0

@@ -109,10 +109,13 @@ class ModelOptions:
     in the model, and tests."""
 
     n_layer: int = 12
+    """Transformer blocks."""
     n_head: int = 12
+    """Attention heads per block; must divide n_embd."""
     n_embd: int = 768
+    """Width of the residual stream (embedding size)."""
     block_size: int = 1024
-    """Context length in tokens."""
+    """Context length in tokens (the model's positions and each training sequence)."""
     dropout: float = 0.0
     """0 for pretraining, 0.1+ for finetuning."""
     bias: bool = False
@@ -214,8 +217,11 @@ class TrainConfig(ModelOptions):
     """'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a local GPT-2 directory."""
     # wandb logging
     wandb_log: bool = False
+    """Log metrics to Weights & Biases from rank 0 (needs the wandb extra)."""
     wandb_project: str = "owt"
+    """W&B project the run is logged under."""
     wandb_run_name: str = "gpt2"
+    """W&B run name."""
     # data
     dataset: str = "openwebtext"
     """Folder under data_root holding train.bin, val.bin and meta.json."""
@@ -236,14 +242,20 @@ class TrainConfig(ModelOptions):
     learning_rate: float = 6e-4
     """AdamW's peak learning rate (with optimizer='muon': embeddings and head only)."""
     max_iters: int = 600000
+    """Optimizer steps to train for."""
     weight_decay: float = 1e-1
+    """AdamW weight decay on 2-D weights (embeddings and matmuls), as nanoGPT."""
     beta1: float = 0.9
+    """AdamW's beta1."""
     beta2: float = 0.95
+    """AdamW's beta2."""
     grad_clip: float = 1.0
     """Clip gradient norm at this value; 0 disables."""
     # learning rate decay
     decay_lr: bool = True
+    """Warm up, then cosine-decay the learning rate to min_lr; False keeps it constant."""
     warmup_iters: int = 2000
+    """Iterations of linear learning-rate warmup."""
     lr_decay_iters: int = 600000
     """Should be ~max_iters per Chinchilla."""
     min_lr: float = 6e-5
@@ -296,6 +308,7 @@ class TrainConfig(ModelOptions):
     max_failures: int = 3
     """Worker-group restarts from the latest checkpoint before the run fails."""
     num_checkpoints_to_keep: int = 2
+    """Latest Ray checkpoints kept under storage_path; out_dir/ckpt.pt is kept apart from them."""
     max_nan_rollbacks: int = 3
     """Non-finite losses survived (each rolls back to the last checkpoint) before the run fails."""
     nan_skip_batches: bool = True
@@ -396,7 +409,9 @@ class SampleConfig(CheckpointSource):
     start: str = "\n"
     """Prompt text, or FILE:path to read it from a file."""
     num_samples: int = 10
+    """Samples drawn from the prompt (nanoGPT's 10); use 1 with top_k=1 (greedy), which repeats itself."""
     max_new_tokens: int = 500
+    """Tokens generated per sample (or per prompt row)."""
     temperature: float = 0.8
     """1.0 keeps the model's distribution, lower is more conservative; must be > 0."""
     top_k: int | None = 200
@@ -407,9 +422,16 @@ class SampleConfig(CheckpointSource):
     """Past block_size: 0 slides the window one token a step, exactly as nanoGPT (full recompute each token);
     n > 0 drops the oldest n tokens at once and keeps the KV cache between shifts (much faster, not nanoGPT's tokens)."""
     seed: int = 1337
+    """Torch seed; with --prompts, each row without a seed of its own derives one from it and its id."""
     device: str = "auto"
+    """'auto' picks cuda when present, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
+    """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
     compile: bool = False
+    """torch.compile the model (slow to start; rarely worth it for sampling)."""
+    threads: int = 0
+    """torch threads for decoding on CPU; 0: an explicit OMP_NUM_THREADS (Ray sets it per actor to its CPUs), else
+    1 or all cores, whichever a short probe finds faster for this model on this machine now (see README)."""
     # batch sampling on Ray actors
     prompts: str = ""
     """A .jsonl, .parquet or .txt file of prompts; switches to batch sampling."""
@@ -418,6 +440,7 @@ class SampleConfig(CheckpointSource):
     num_actors: int = 0
     """Sampling actors; 0 means one per GPU, or per free CPU slot."""
     gpus_per_actor: float = 0.0
+    """GPUs each sampling actor reserves (0 samples on CPU)."""
     batch_size: int = 16
     """Rows generated together by one actor."""
     truncate: bool = False
@@ -425,6 +448,7 @@ class SampleConfig(CheckpointSource):
     resume: bool = False
     """Skip ids already present in the output."""
     address: str = ""
+    """Ray cluster to join for --prompts; '' uses RAY_ADDRESS, else starts a local cluster."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -433,6 +457,8 @@ class SampleConfig(CheckpointSource):
         _check_sampling(self.temperature, self.top_k, self.top_p)
         if self.context_shift < 0:
             raise ConfigError(f"context_shift={self.context_shift} must be >= 0 (0 keeps nanoGPT's exact sliding window)")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} must be >= 0 (0 chooses)")
         for key in ("num_samples", "max_new_tokens", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
@@ -447,6 +473,7 @@ class ServeConfig(CheckpointSource):
     host: str = "127.0.0.1"
     """Where the HTTP proxy listens; 0.0.0.0 exposes it beyond this machine."""
     port: int = 8000
+    """HTTP port of the proxy; a busy port fails in one line before Serve starts."""
     num_replicas: int = 1
     """Fixed number of model replicas; ignored when max_replicas > 0 (autoscaling)."""
     min_replicas: int = 1
@@ -456,7 +483,9 @@ class ServeConfig(CheckpointSource):
     target_ongoing_requests: float = 16.0
     """Autoscaling target: requests in flight per replica before another replica is added."""
     cpus_per_replica: float = 1.0
+    """CPUs Ray reserves per model replica."""
     gpus_per_replica: float = 0.0
+    """GPUs per model replica (0 serves on CPU)."""
     max_batch_size: int = 32
     """Rows one replica decodes together; requests beyond it wait in the replica for a free row."""
     max_ongoing_requests: int = 64
@@ -466,7 +495,11 @@ class ServeConfig(CheckpointSource):
     retry_after_s: float = 1.0
     """The Retry-After hint sent with a 503."""
     device: str = "auto"
+    """'auto' picks cuda when the replica has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
+    """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
+    threads: int = 0
+    """torch threads per replica for decoding on CPU; 0: Ray's OMP_NUM_THREADS (the replica's CPUs), as sample."""
     watch: bool = False
     """Poll the checkpoint (ckpt_path, or out_dir/ckpt.pt) and swap to a newer one (by iter_num/mtime) without
     dropping requests in flight."""
@@ -481,6 +514,8 @@ class ServeConfig(CheckpointSource):
         _check_init_from(self.init_from, ("resume",))
         if not 0 < self.port < 65536:
             raise ConfigError(f"port={self.port} must be in 1..65535")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} must be >= 0 (0 chooses)")
         for key in ("num_replicas", "max_batch_size", "max_ongoing_requests"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
@@ -506,19 +541,29 @@ class BenchConfig(ModelOptions):
     """bench.py's knobs, plus cluster-wide and scaling benchmarks."""
 
     batch_size: int = 12
+    """Micro-batch size of each timed step."""
     real_data: bool = True
     """Batches from a prepared dataset; False uses random tokens."""
     dataset: str = "openwebtext"
+    """Folder under data_root holding train.bin (with real_data=True)."""
     data_root: str = "data"
+    """Root folder of prepared datasets."""
     seed: int = 1337
+    """Torch seed for the model's initial weights and the batches."""
     device: str = "auto"
+    """'auto' picks cuda when present, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
+    """'auto' is bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU."""
     compile: bool = True
+    """torch.compile the model before timing (compilation happens in the warmup steps)."""
     profile: bool = False
     """Write a torch.profiler trace (TensorBoard) instead of the plain timing."""
     profile_dir: str = "bench_profile"
+    """Where profile=True writes its trace."""
     warmup_steps: int = 10
+    """Untimed steps first (compilation, allocator warmup)."""
     timed_steps: int = 20
+    """Steps timed after the warmup."""
     grad_clip: float = 1.0
     """Clip the gradient norm at this value each step, as training does (TrainConfig.grad_clip); 0 disables."""
     cluster: bool = False
@@ -526,11 +571,13 @@ class BenchConfig(ModelOptions):
     scaling: bool = False
     """Time the Ray Train loop with 1..max_workers workers on the same global batch."""
     max_workers: int = 2
+    """Largest worker count in scaling mode (1..max_workers)."""
     gradient_accumulation_steps: int = 2
     """Global micro-steps per iteration in scaling mode."""
     json: str = ""
     """Write the result rows to this JSON file."""
     address: str = ""
+    """Ray cluster for cluster/scaling mode; '' uses RAY_ADDRESS, else starts a local cluster."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -88,13 +88,18 @@ def move_into_place(source: str, path: str) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def default_file_mode() -> int:
+    """The mode a plain open() gives a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def open_temp_beside(path: str, mode: str = "wb", encoding: str | None = None):
     """(open file, its temporary path) in path's folder; the caller renames it over `path` when it is complete."""
     tmp = temp_name_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    umask = os.umask(0)  # mkstemp makes 0600 files; finished outputs get the usual 0666 & ~umask
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, default_file_mode())  # made 0600 so nobody reads it half-written; finished outputs get the usual mode
     return os.fdopen(fd, mode, encoding=encoding), tmp
 
 

@@ -12,6 +12,7 @@ import os
 import torch
 
 from .config import GPT2_SHAPES, UserError
+from .files import default_file_mode
 from .model import GPT, GPTConfig
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -257,6 +258,7 @@ def export_hf(model: GPT, out_dir: str, tokenizer=None) -> str:
     hf_model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
+    os.chmod(os.path.join(out_dir, "model.safetensors"), default_file_mode())  # safetensors writes it 0600
     if tokenizer is not None:
         hf_tok = hf_tokenizer(tokenizer)
         hf_tok.model_max_length = cfg.block_size

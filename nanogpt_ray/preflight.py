@@ -160,3 +160,68 @@ def check_placement(cfg: TrainConfig, nodes: list[dict]) -> tuple[TrainConfig, b
                           f"{can_hold} worker(s) needing {need} each with placement_strategy={cfg.placement_strategy}; "
                           "lower num_workers or cpus_per_worker, or add nodes")
     return cfg, use_gpu
+
+
+# ---------------------------------------------------------------------------- ports
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in one line when host:port cannot be bound here: another program, or another `serve`, holds it.
+    Bound without SO_REUSEPORT on purpose: Serve's proxy sets it, so a second Serve would otherwise share the
+    port silently (the kernel splits connections between the two servers)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a just-stopped server's TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            holder = port_holder(port)
+            held = f"held by {holder}" if holder else (e.strerror or str(e)).lower()
+            raise LaunchError(f"port {port} on {host} is busy ({held}); stop that program or pass --port=N "
+                              "with a free port") from None
+
+
+def port_holder(port: int) -> str:
+    """'pid N (command line)' of the process listening on TCP `port`, when this user may see it (Linux /proc); ''
+    otherwise."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    if not inodes:
+        return ""
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in targets for fd in fds):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {pid} ({' '.join(command.split())[:80]})"
+        except OSError:
+            continue
+    return ""
+
+
+def is_this_machine(address: str) -> bool:
+    """Whether a Ray address ('' / 'local' / 'auto' / [ray://]host:port) is a cluster on this machine: its host is
+    one of this machine's addresses (a socket binds to it)."""
+    import socket
+
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    if address in ("", "local", "auto") or not host:
+        return True
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+        return True
+    except OSError:
+        return False

@@ -9,6 +9,7 @@ are the pieces the Ray sampling actors (cluster/sampling.py) reuse to serve whol
 from __future__ import annotations
 
 import os
+import time
 from typing import NamedTuple
 
 import torch
@@ -109,9 +110,11 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 # ---------------------------------------------------------------------------- model
 
-def load_model_for_sampling(init_from: str, out_dir: str, ckpt_path: str, data_root: str, device: str, dtype: str):
+def load_model_for_sampling(init_from: str, out_dir: str, ckpt_path: str, data_root: str, device: str, dtype: str,
+                            threads: int = 0):
     """(Sampler, checkpoint dict or None): the model (checkpoint or GPT-2) in eval mode on the resolved device,
-    its tokenizer, and the autocast context. Shared by `sample`, the sampling actors and `serve`."""
+    its tokenizer, and the autocast context; torch's threads set for decoding it (decode_threads). Shared by
+    `sample`, the sampling actors and `serve`."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if device.startswith("cuda"):
@@ -121,13 +124,60 @@ def load_model_for_sampling(init_from: str, out_dir: str, ckpt_path: str, data_r
     if tokenizer.vocab_size > model.config.vocab_size:
         raise SampleError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                           f"{model.config.vocab_size}: the checkpoint's dataset meta does not belong to it")
-    return Sampler(model, tokenizer, device, autocast_context(device, dtype)), ckpt
+    sampler = Sampler(model, tokenizer, device, autocast_context(device, dtype))
+    decode_threads(sampler, threads)
+    return sampler, ckpt
+
+
+# Threads chosen by probe_threads, per model shape and dtype: one probe per process.
+_PROBED_THREADS: dict[tuple, int] = {}
+_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before any probe lowers it
+
+
+def decode_threads(sampler: Sampler, threads: int = 0) -> int:
+    """Set torch's intra-op threads for decoding on CPU, and return them: `threads` when given; else an explicit
+    OMP_NUM_THREADS (Ray sets it in every actor and replica to its CPUs); else 1 or all of torch's default
+    threads, whichever decodes this model faster here and now (a probe of a fraction of a second, once per model
+    shape in a process). Decoding one token is a string of small kernels: on busy cores each parallel one waits
+    for its slowest thread, while on quiet cores a wide model still gains from more (benchmarks/sample_speed.py
+    --threads_table measures both)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+        return threads
+    many = _DEFAULT_THREADS
+    if not sampler.device.startswith("cpu") or os.environ.get("OMP_NUM_THREADS") or many <= 1:
+        return torch.get_num_threads()
+    cfg = sampler.model.config
+    key = (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, next(sampler.model.parameters()).dtype, many)
+    if key not in _PROBED_THREADS:
+        _PROBED_THREADS[key] = probe_threads(sampler, (1, many))
+    torch.set_num_threads(_PROBED_THREADS[key])
+    return _PROBED_THREADS[key]
+
+
+@torch.no_grad()
+def probe_threads(sampler: Sampler, candidates: tuple[int, ...], new_tokens: int = 8, rounds: int = 2) -> int:
+    """The thread count among `candidates` whose best of `rounds` interleaved batch-1 decodes of `new_tokens`
+    (with the KV cache, as sampling runs) is fastest; a warm-up decode first. Costs ~2 * rounds * new_tokens
+    decoding steps."""
+    x = torch.zeros((1, 1), dtype=torch.long, device=sampler.device)
+    with sampler.ctx:
+        generate(sampler.model, x, 2, top_k=1)  # first-call allocations, not threads
+        best = {n: float("inf") for n in candidates}
+        for _ in range(rounds):
+            for n in candidates:
+                torch.set_num_threads(n)
+                t0 = time.perf_counter()
+                generate(sampler.model, x, new_tokens, top_k=1)
+                best[n] = min(best[n], time.perf_counter() - t0)
+    return min(candidates, key=lambda n: best[n])
 
 
 def load_sampler(cfg: SampleConfig) -> Sampler:
     """Seed, then the model, tokenizer and device of a sample config (optionally compiled)."""
     torch.manual_seed(cfg.seed)
-    sampler, _ = load_model_for_sampling(cfg.init_from, cfg.out_dir, cfg.ckpt_path, cfg.data_root, cfg.device, cfg.dtype)
+    sampler, _ = load_model_for_sampling(cfg.init_from, cfg.out_dir, cfg.ckpt_path, cfg.data_root, cfg.device, cfg.dtype,
+                                         cfg.threads)
     if sampler.device.startswith("cuda"):
         torch.cuda.manual_seed(cfg.seed)
     if cfg.compile:

@@ -279,5 +279,5 @@ def load_served_model(cfg: ServeConfig) -> LoadedModel:
     """Device, dtype, model and tokenizer, as `sample` loads them, plus what --watch needs to notice a newer one."""
     source, mtime = checkpoint_version(cfg) or (None, None)  # before reading: one written meanwhile counts as newer
     sampler, ckpt = load_model_for_sampling(cfg.init_from, cfg.out_dir, source or cfg.ckpt_path, cfg.data_root,
-                                            cfg.device, cfg.dtype)
+                                            cfg.device, cfg.dtype, cfg.threads)
     return LoadedModel(sampler, ckpt.get("iter_num") if ckpt is not None else None, mtime, source)

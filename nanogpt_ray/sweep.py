@@ -248,10 +248,19 @@ class SweepReport:
     """Trials that ran at once (derived from the cluster when the sweep started)."""
 
 
+def trial_statuses(result_grid) -> list[str]:
+    """Each result's outcome, in order: 'done' (Tune terminated it: it ran to its end or ASHA stopped it),
+    'error', or 'interrupted' (the sweep ended while it was pending, running or paused)."""
+    trials = getattr(getattr(result_grid, "_experiment_analysis", None), "trials", None)  # Tune's own record (private)
+    if trials is None or len(trials) != len(result_grid):
+        return ["error" if result.error else "done" for result in result_grid]
+    return [{"TERMINATED": "done", "ERROR": "error"}.get(str(t.status), "interrupted") for t in trials]
+
+
 def records_from_results(result_grid, base: TrainConfig) -> list[TrialRecord]:
     vocab = dataset_vocab_size(base)
     records = []
-    for result in result_grid:
+    for result, status in zip(result_grid, trial_statuses(result_grid)):
         df = result.metrics_dataframe
         history = [] if df is None else [{k: v for k, v in row.items() if _keep(v)} for row in df.to_dict("records")]
         params = {k: v for k, v in (result.config or {}).items() if k not in ("base", "settings")}
@@ -261,7 +270,7 @@ def records_from_results(result_grid, base: TrainConfig) -> list[TrialRecord]:
                                    max_iters=int(params.get("max_iters", base.max_iters)),
                                    n_params=count_params(shape["n_layer"], shape["n_embd"], vocab, base.bias,
                                                            params.get("arch", base.arch)),
-                                   status="error" if result.error else "done", error=_error_line(result.error)))
+                                   status="error" if result.error else status, error=_error_line(result.error)))
     return records
 
 

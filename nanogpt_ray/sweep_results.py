@@ -26,6 +26,8 @@ class SweepError(UserError):
 
 CSV_COLUMNS = ("rank", "trial", "learning_rate", "model_size", "params", "best_val_loss", "best_iter",
                "iters_run", "max_iters", "stopped_early", "status", "error", "checkpoint_path")
+"""results.csv's columns; every other key a sweep varies (search_space: muon_lr, batch_size, ...) comes right
+after model_size."""
 
 
 # ----------------------------------------------------------------------------- results
@@ -41,7 +43,8 @@ class TrialRecord:
     max_iters: int = 0
     n_params: int = 0
     status: str = "done"
-    """'done', or 'error' when the trial failed."""
+    """'done' (ran to max_iters, or ASHA stopped it), 'error' when the trial failed, 'interrupted' when the
+    sweep ended before the trial did."""
     error: str = ""
     """The last line of the trial's exception, when it failed."""
 
@@ -83,12 +86,32 @@ def _finite(value) -> bool:
         return False
 
 
+def swept_keys(params: list[dict]) -> list[str]:
+    """The keys a sweep varies beyond learning_rate and model_size (its search_space), in first-seen order."""
+    keys: list[str] = []
+    for p in params:
+        keys += [k for k in p if k not in ("learning_rate", "model_size") and k not in keys]
+    return keys
+
+
+def trial_label(row_or_params: dict, keys: list[str]) -> str:
+    """'mini muon_lr=0.05': the model size and every other swept key of one trial, for plot labels."""
+    size = row_or_params.get("model_size") or "base"
+    return " ".join([size, *(f"{k}={_fmt(row_or_params.get(k))}" for k in keys)])
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or value == "" else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def summarize(records: list[TrialRecord]) -> list[dict]:
     """One row per trial, best val loss first; trials with no val loss (errors) last."""
     rows = []
+    extra = swept_keys([rec.params for rec in records])
     for rec in records:
         best_iter, best_loss = rec.best()
         rows.append(dict(trial=rec.trial, learning_rate=rec.params.get("learning_rate"),
+                         **{k: rec.params.get(k) for k in extra},
                          model_size=rec.params.get("model_size", ""), params=rec.n_params,
                          best_val_loss=best_loss, best_iter=best_iter, iters_run=rec.iters_run(),
                          max_iters=rec.max_iters, stopped_early=rec.stopped_early(), status=rec.status, error=rec.error,
@@ -99,14 +122,22 @@ def summarize(records: list[TrialRecord]) -> list[dict]:
     return rows
 
 
+def csv_columns(rows: list[dict]) -> list[str]:
+    """CSV_COLUMNS with the sweep's other swept keys after model_size."""
+    at = CSV_COLUMNS.index("model_size") + 1
+    extra = [k for k in swept_keys(rows) if k not in CSV_COLUMNS]
+    return [*CSV_COLUMNS[:at], *extra, *CSV_COLUMNS[at:]]
+
+
 def format_table(rows: list[dict]) -> str:
-    header = ("#", "trial", "lr", "size", "params", "best val", "@iter", "iters", "early", "status")
+    extra = [k for k in swept_keys(rows) if k not in CSV_COLUMNS]
+    header = ("#", "trial", "lr", "size", *extra, "params", "best val", "@iter", "iters", "early", "status")
     lines = [header]
     for r in rows:
         lr = r["learning_rate"]
         loss = r["best_val_loss"]
         lines.append((str(r["rank"]), r["trial"], f"{lr:.2e}" if lr is not None else "-", r["model_size"] or "-",
-                      human_count(r["params"]), f"{loss:.4f}" if loss is not None else "-",
+                      *(_fmt(r.get(k)) for k in extra), human_count(r["params"]), f"{loss:.4f}" if loss is not None else "-",
                       str(r["best_iter"]) if r["best_iter"] is not None else "-", f"{r['iters_run']}/{r['max_iters']}",
                       "yes" if r["stopped_early"] else "no", r["status"]))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -122,10 +153,11 @@ def human_count(n: int) -> str:
 
 def write_results_csv(rows: list[dict], path: str) -> str:
     with atomic_open(path, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        columns = csv_columns(rows)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return path
 
 
@@ -237,16 +269,18 @@ def _size_colors(sizes: list[str]) -> dict[str, tuple]:
 
 
 def lr_sweep_figure(rows: list[dict]):
-    """Best val loss against learning rate, one line per model size; the best trial is starred."""
+    """Best val loss against learning rate, one line per model size and value of every other swept key (so a
+    muon_lr sweep draws one line per muon_lr, not a zigzag); the best trial is starred."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sizes = sorted({r["model_size"] or "base" for r in rows})
-    colors = _size_colors(sizes)
+    extra = [k for k in swept_keys(rows) if k not in CSV_COLUMNS]
+    groups = sorted({trial_label(r, extra) for r in rows})
+    colors = _size_colors(groups)
     scored = [r for r in rows if r["best_val_loss"] is not None and r["learning_rate"]]
-    for size in sizes:
-        pts = sorted((r["learning_rate"], r["best_val_loss"]) for r in scored if (r["model_size"] or "base") == size)
+    for group in groups:
+        pts = sorted((r["learning_rate"], r["best_val_loss"]) for r in scored if trial_label(r, extra) == group)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[size], label=size)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[group], label=group)
     early = [(r["learning_rate"], r["best_val_loss"]) for r in scored if r["stopped_early"]]
     if early:
         ax.scatter([p[0] for p in early], [p[1] for p in early], marker="x", color="k", zorder=3, label="stopped early")
@@ -257,8 +291,8 @@ def lr_sweep_figure(rows: list[dict]):
     ax.set_xscale("log")
     ax.set_xlabel(LR_LABEL)
     ax.set_ylabel("best " + LOSS_LABEL)
-    ax.set_title("best val loss vs learning rate, per model size")
-    ax.legend(title="model size", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.set_title("best val loss vs learning rate, per model size" + "".join(f" and {k}" for k in extra))
+    ax.legend(title=" ".join(["model size", *extra]), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
 
 
@@ -277,11 +311,12 @@ def learning_curves_figure(records: list[TrialRecord]):
     sizes = sorted({rec.params.get("model_size", "") or "base" for rec, _ in curves})
     colors = _size_colors(sizes)
     lrs = sorted({rec.params.get("learning_rate") for rec, _ in curves if rec.params.get("learning_rate")})
+    extra = swept_keys([rec.params for rec, _ in curves])
     best = min(curves, key=lambda c: c[0].best()[1])[0] if curves else None
     for rec, pts in curves:
         size = rec.params.get("model_size", "") or "base"
         lr = rec.params.get("learning_rate")
-        label = f"{size} lr={lr:.1e}" if lr else rec.trial
+        label = f"{trial_label(rec.params, extra)} lr={lr:.1e}" if lr else rec.trial
         # shade by lr rank: light (0.35) for the lowest, full color for the highest
         alpha = 0.35 + 0.65 * (lrs.index(lr) / max(1, len(lrs) - 1)) if lr in lrs else 1.0
         if rec is best:
@@ -290,8 +325,7 @@ def learning_curves_figure(records: list[TrialRecord]):
     if best is not None:
         pts = best.val_points()
         lr = best.params.get("learning_rate")
-        size = best.params.get("model_size", "") or "base"
-        label = f"best: {size} lr={lr:.1e} ({best.best()[1]:.3f})" if lr else f"best: {best.trial} ({best.best()[1]:.3f})"
+        label = f"best: {trial_label(best.params, extra)} lr={lr:.1e} ({best.best()[1]:.3f})" if lr else f"best: {best.trial} ({best.best()[1]:.3f})"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="k", linewidth=2.5, marker="o", markersize=4,
                 label=label, zorder=5)
     ax.set_xlabel(ITER_LABEL)

@@ -12,7 +12,7 @@ from ..config import PrepareConfig
 from ..corpus import PrepareError
 from ..prepare import TokenizeUnits
 from ..prepare import prepare as prepare_here
-from .session import connect
+from .session import connect, disconnect
 
 
 def prepare(cfg: PrepareConfig) -> dict:
@@ -32,7 +32,7 @@ def ray_batches(cfg: PrepareConfig, units: list[dict], job: dict):
             batches.close()  # Ray Data's iterator cleans up while Ray is still up
     finally:
         if started:
-            ray.shutdown()
+            disconnect()
 
 
 def actor_pool_size(num_workers: int, units: int, wait_s: float = 15.0) -> int:

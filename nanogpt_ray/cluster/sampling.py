@@ -39,7 +39,7 @@ from ..batch_sampling import (
 from ..config import SampleConfig, UserError, from_dict, to_dict
 from ..sample import load_sampler
 from ..storage import is_uri, local_input, staged_output
-from .session import ClusterError, connect, ray_session, wait_until_ready
+from .session import ClusterError, connect, disconnect, ray_session, wait_until_ready
 
 MAX_BATCH_ATTEMPTS = 3  # a batch whose actor died this many times gets an error on each row instead
 ACTOR_MAX_RESTARTS = 2  # Ray restarts a crashed sampler this often before it is given up
@@ -310,4 +310,4 @@ def sample_dataset(source, cfg: SampleConfig, output: str = ""):
         return results
     finally:
         if started and output:
-            ray.shutdown()
+            disconnect()

@@ -23,6 +23,7 @@ from ray.serve.config import BackpressureConfig
 
 from ..config import ServeConfig, from_dict, to_dict
 from ..engine import BatcherClosed, ContinuousBatcher, Sequence
+from ..preflight import check_port_free, is_this_machine
 from ..serving import (
     SSE_DONE,
     RequestError,
@@ -214,6 +215,8 @@ def build_app(cfg: ServeConfig):
 
 def run_server(cfg: ServeConfig) -> None:
     """Deploy on the cluster (a new local one without --address) and block until Ctrl-C."""
+    if is_this_machine(cfg.address or os.environ.get("RAY_ADDRESS", "")):
+        check_port_free(cfg.host, cfg.port)  # before Ray starts: one line, not a traceback from Serve's proxy
     with ray_session(cfg.address):
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")

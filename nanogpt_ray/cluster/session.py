@@ -1,7 +1,12 @@
 """The one way to start or join Ray: `with ray_session(address) as started: ...`.
 
 Joins the cluster at --address (or RAY_ADDRESS), else starts a local one; fails in one line when nothing
-listens at the address; warns when a second Ray instance runs on this machine; shuts down only what it started.
+listens at the address; shuts down only what it started.
+
+Several Ray instances may run on one machine (a notebook's ray.init, a colleague's `ray start`, our own serve
+beside our own tune). Ray components that find "their" cluster by themselves (Ray Train's placement-group
+cleaner asks the State API with no address) then pick the wrong one or fail. So every worker process of the
+cluster we start or join is told its own cluster's address (RAY_ADDRESS), and so are the driver's children.
 """
 
 from __future__ import annotations
@@ -45,44 +50,124 @@ def worker_env_vars(extra: tuple[str, ...] = ()) -> dict:
     return {k: os.environ[k] for k in (*WORKER_ENV_VARS, *extra) if k in os.environ}
 
 
-def connect(address: str = "", *, env_vars: dict | None = None, include_dashboard: bool | None = None,
+# What connect() sets in the driver's environment, and disconnect() puts back.
+_SAVED_ENV: dict[str, str | None] = {}
+
+
+def connect(address: str = "", *, env_vars: dict | None = None, include_dashboard: bool = False,
             log_to_driver: bool = True) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local one. True if this call started Ray.
 
     env_vars travel to every task and actor of the job (a sweep's trial drivers build trainers in actors);
-    include_dashboard applies to a local cluster only (Tune needs it: without it stopped trials leak their
-    placement groups)."""
+    include_dashboard applies to a local cluster only: off unless asked (its processes cost seconds of startup
+    on a small machine), except for Tune, which needs it (without the State API, the placement groups of trials
+    ASHA stops are never cleaned up and later trials wait for CPUs forever)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         check_reachable(address)
-    runtime_env, kwargs = {"env_vars": env_vars} if env_vars else {}, {}
+    runtime_env = {"env_vars": env_vars} if env_vars else {}
+    # Ray, not ours: every worker process learns its own cluster's address before it runs anything
+    runtime_env["worker_process_setup_hook"] = f"{__name__}.prepare_worker_process"
+    kwargs = {}
     if address in ("", "local"):  # a cluster started here, for this command only
         # nothing preempts a machine's own cluster; Ray Train's watcher would be one more process (and its
         # ray.train import, ~2 s of CPU) to start before the first step, and ~1% of a core after
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        if include_dashboard is not None:
-            kwargs["include_dashboard"] = include_dashboard
-        if include_dashboard is False:
-            runtime_env["worker_process_setup_hook"] = f"{__name__}.quiet_placement_group_cleaner"
-    if runtime_env:
-        kwargs["runtime_env"] = runtime_env
+        _set_env("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))
+        # Ray turns token auth on for a new local cluster (safe: kept) and warns about it every time unless
+        # the mode is set; saying "token" keeps the same protection without the warning
+        _set_env("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "token"))
+        kwargs["include_dashboard"] = include_dashboard
     try:
-        ray.init(address=address or None, log_to_driver=log_to_driver, **kwargs)  # None: a new local cluster
+        # address None: a new local cluster
+        ray.init(address=address or None, log_to_driver=log_to_driver, runtime_env=runtime_env, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+        _restore_env()
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ClusterError(f"could not join a Ray cluster at {address or 'a new local cluster'}: {first_line}") from None
-    warn_about_other_ray_instances()
+    joined = cluster_address() or address
+    _set_env("RAY_ADDRESS", joined)  # the driver's child processes (and Ray calls made here) find this cluster
+    if address not in ("", "local"):
+        print(f"joined the Ray cluster at {joined}", file=sys.stderr)
     return True
 
 
-def quiet_placement_group_cleaner() -> None:
-    """Runs in each worker process of a local cluster started without the dashboard. Ray Train's placement-group
-    cleaner asks the State API (a dashboard service) every second whether the controller lives, and without it
-    logs a warning each time, which reaches the person's terminal. Its job is moot there: the cluster, and every
-    placement group in it, ends with this command."""
+def disconnect() -> None:
+    """ray.shutdown(), and the driver's environment as it was before connect()."""
+    ray.shutdown()
+    _restore_env()
+
+
+def cluster_address() -> str:
+    """host:port of the GCS of the cluster this process is connected to ('' under Ray Client)."""
+    try:
+        return ray.get_runtime_context().gcs_address or ""
+    except Exception:
+        return ""
+
+
+def _set_env(name: str, value: str) -> None:
+    _SAVED_ENV.setdefault(name, os.environ.get(name))
+    os.environ[name] = value
+
+
+def _restore_env() -> None:
+    for name, value in _SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _SAVED_ENV.clear()
+
+
+def prepare_worker_process() -> None:
+    """Runs first in every worker process of a cluster we start or join (runtime_env's setup hook).
+
+    RAY_ADDRESS: Ray Train's placement-group cleaner (a detached actor) queries the State API with no address,
+    which Ray resolves from RAY_ADDRESS, else by looking for Ray instances on the machine: with two it fails with
+    a traceback, or picks the one `ray start` last recorded, which may be the other cluster (whose State API does
+    not know our controller). Subprocesses of the worker inherit the address too.
+    The cleaner's own warning: it asks the State API every second whether the controller lives, and on a
+    cluster without the dashboard logs a warning each time, which reaches the person's terminal. Its job is moot
+    there: the cluster, and every placement group in it, ends with the command."""
+    address = cluster_address()
+    if address:
+        os.environ["RAY_ADDRESS"] = address
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    # Train's controller asks Ray's autoscaling coordinator for its workers' resources with a 5 s timeout; on busy
+    # cores the coordinator's first answer can take longer, and Ray logs a harmless warning ("safe to ignore",
+    # it retries) with a full traceback: keep its one line, drop the traceback
+    logging.getLogger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client").addFilter(
+        _without_traceback)
+    # a worker group that cannot be placed in time is a condition with a plain message, not a bug: the
+    # controller's logs of it keep their message and lose the traceback (every other error keeps its own)
+    for name in ("ray.train.v2._internal.execution.controller.controller",
+                 "ray.train.v2._internal.execution.failure_handling.default"):
+        logging.getLogger(name).addFilter(_startup_timeout_without_traceback)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _startup_timeout_without_traceback(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if "WorkerGroupStartupTimeoutError" in (type(error).__name__, type(getattr(error, "controller_failure", None)).__name__):
+        _without_traceback(record)
+    return True
+
+
+def user_errors_in_one_line(record: logging.LogRecord) -> bool:
+    """A logging filter for the driver: a log of an exception that is one of our one-line UserErrors (also when
+    a Ray task raised it) keeps its message plus that line, without the traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, UserError):
+        line = str(getattr(error, "cause", None) or error).strip().splitlines()[-1]
+        record.msg, record.args = f"{record.getMessage()}: {line}", ()
+        _without_traceback(record)
+    return True
 
 
 def wait_until_ready(actors: list, timeout_s: float, why_not: str) -> list:
@@ -102,20 +187,4 @@ def ray_session(address: str = "", **connect_kwargs):
         yield started
     finally:
         if started:
-            ray.shutdown()
-
-
-def warn_about_other_ray_instances() -> None:
-    """Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails when two Ray instances
-    run on one machine: placement groups of finished runs (or sweep trials) then leak and later ones wait for
-    CPUs forever. Say so once, at connect time."""
-    try:
-        from ray._private.services import find_gcs_addresses  # private, so only ever a warning
-
-        others = sorted(set(find_gcs_addresses()) - {ray.get_runtime_context().gcs_address})
-    except Exception:
-        return
-    if others:
-        print(f"warning: another Ray instance runs on this machine ({', '.join(others)}); with two, Ray Train cannot "
-              f"clean up finished runs and later ones may wait forever: pass --address={others[0]} to use it, or "
-              "stop it", file=sys.stderr)
+            disconnect()

@@ -201,9 +201,11 @@ def build_local_trainer(cfg: TrainConfig, worker_fn=train_loop_local) -> TorchTr
 
 
 def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None, worker_fn=train_loop_per_worker,
-                  loop_config: dict | None = None) -> TorchTrainer:
+                  loop_config: dict | None = None, startup_retries: int = -1) -> TorchTrainer:
     """The run's TorchTrainer on Ray Train workers. `callbacks` are Ray Train UserCallbacks (the sweep passes
-    TuneReportCallback); the scaling benchmark passes its own worker_fn and loop_config."""
+    TuneReportCallback); the scaling benchmark passes its own worker_fn and loop_config. startup_retries: how many
+    more times a worker group that could not start within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S is tried (-1: until
+    it starts, as Ray does, for clusters whose nodes are still coming)."""
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_gpu else "gloo")
     env_vars = dict(QUIET_WORKER_ENV)
     env_vars.update(worker_env_vars(tuple(QUIET_WORKER_ENV)))
@@ -217,7 +219,8 @@ def build_trainer(cfg: TrainConfig, use_gpu: bool, callbacks: list | None = None
             name=cfg.resolved_run_name(),  # deterministic: rerunning the same out_dir resumes the run
             storage_path=cfg.resolved_storage_path(),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),  # restart the group from the latest checkpoint
+            failure_config=FailureConfig(max_failures=cfg.max_failures,  # restart the group from the latest checkpoint
+                                         controller_failure_limit=startup_retries),
             worker_runtime_env={"env_vars": env_vars},
             callbacks=[StopOnUserError(), *(callbacks or [])],
         ),

@@ -8,10 +8,13 @@ poor trials early on `val_loss` at eval points. Planning and the report are pure
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import ray
 from ray import tune
+from ray.train.v2._internal.constants import DEFAULT_WORKER_GROUP_START_TIMEOUT_S  # private: only for the message
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
@@ -35,7 +38,7 @@ from ..sweep import (
     trial_train_config,
     write_report,
 )
-from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, connect, worker_env_vars
+from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, connect, user_errors_in_one_line, worker_env_vars
 from .train import build_trainer, check_cluster
 
 
@@ -45,16 +48,37 @@ def train_driver_fn(config: dict, base: dict | None = None, settings: TrialSetti
     cfg = trial_train_config(TrainConfig(**base), config, **settings.train_overrides(trial_id))
     # The run name is the trial id, which Tune keeps across restores: a resumed trial resumes its Train run
     # (and a trial that had finished its run resumes at the end and trains zero iterations).
-    trainer = build_trainer(cfg, settings.use_gpu, callbacks=[TuneReportCallback()])  # Train -> Tune
-    trainer.fit()
+    # a trial whose workers cannot be placed fails (after one more try) instead of holding the sweep forever
+    trainer = build_trainer(cfg, settings.use_gpu, callbacks=[TuneReportCallback()],  # Train -> Tune
+                            startup_retries=TRIAL_STARTUP_RETRIES)
+    try:
+        trainer.fit()
+    except Exception as e:
+        if isinstance(getattr(e, "controller_failure", None), WorkerGroupStartupTimeoutError):
+            raise SweepError(workers_did_not_start(cfg, TRIAL_STARTUP_RETRIES + 1)) from None
+        raise
+
+
+TRIAL_STARTUP_RETRIES = 1
+
+
+def workers_did_not_start(cfg: TrainConfig, tries: int) -> str:
+    timeout = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
+    need = {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}
+    return (f"its {cfg.num_workers} worker(s) ({', '.join(f'{k}: {v:g}' for k, v in need.items() if v)} each) could not "
+            f"be placed within {timeout:g} s, {tries} tries: the cluster has no room for them "
+            "(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S sets the wait)")
 
 
 def init_ray(sweep: SweepConfig) -> None:
     # each trial's driver runs in a Tune actor: what its Train controller and workers read must travel with the job
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
     env = worker_env_vars(("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"))
-    # the dashboard must run: without it, trials that ASHA stops leak their placement groups
+    # the dashboard must run: Train's placement-group cleaner asks its State API whether a trial's controller
+    # lives; without it, trials that ASHA stops leak their placement groups and later trials wait for CPUs
     connect(sweep.address, env_vars=env, include_dashboard=True)
+    # a trial that fails with one of our one-line errors (its workers cannot be placed) says so in one line
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(user_errors_in_one_line)
 
 
 def _tune_space(axes: dict[str, tuple]) -> dict:

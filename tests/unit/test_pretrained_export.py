@@ -58,6 +58,8 @@ def test_export_hf_loads_in_transformers_with_equal_logits(tmp_path, bias):
     ours = our_random_model(bias)
     export_hf(ours, str(tmp_path / "hf"))
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes  # readable like the rest, not 0600
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["n_positions"] == 32 and config["vocab_size"] == 101
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()

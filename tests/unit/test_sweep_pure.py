@@ -169,6 +169,28 @@ def test_results_sorted_by_best_val_loss_and_early_stops_flagged(tmp_path):
         assert os.path.getsize(p) > 1000
 
 
+def test_every_swept_key_is_a_column_and_a_plot_label_and_interrupted_trials_say_so(tmp_path):
+    records = []
+    for i, (lr, muon_lr) in enumerate([(2e-3, 0.02), (2e-3, 0.05), (4e-3, 0.02), (4e-3, 0.05)]):
+        rec = _record(f"t{i}", lr, "", [4.0, 3.0 - i * 0.1], status="interrupted" if i == 0 else "done")
+        rec.params["muon_lr"] = muon_lr
+        records.append(rec)
+    rows = summarize(records)
+    table = format_table(rows).splitlines()
+    assert table[0].split()[:5] == ["#", "trial", "lr", "size", "muon_lr"]
+    assert [line.split()[4] for line in table[1:]] == ["0.05", "0.02", "0.05", "0.02"]
+    assert [line.split()[-1] for line in table[1:]] == ["done", "done", "done", "interrupted"]
+    assert [line.split()[-2] for line in table[1:]][-1] == "no"  # an interrupted trial was not stopped early
+    back = read_results_csv(write_results_csv(rows, str(tmp_path / "results.csv")))
+    assert list(back[0])[:5] == ["rank", "trial", "learning_rate", "model_size", "muon_lr"]
+    assert sorted(float(r["muon_lr"]) for r in back) == [0.02, 0.02, 0.05, 0.05]
+    ax = lr_sweep_figure(rows).axes[0]
+    lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
+    assert lines == {"base muon_lr=0.02": [2e-3, 4e-3], "base muon_lr=0.05": [2e-3, 4e-3]}  # one line each, no zigzag
+    curve_labels = [line.get_label() for line in learning_curves_figure(records).axes[0].get_lines()]
+    assert all("muon_lr=" in label for label in curve_labels)
+
+
 def test_best_config_round_trips_through_load_config(tmp_path):
     base = TrainConfig(dataset="shakespeare_char", data_root=str(tmp_path / "data"), gradient_accumulation_steps=1, batch_size=8, block_size=32,
                        max_iters=50, compile=False, resources_per_worker={"custom": 0.5})
