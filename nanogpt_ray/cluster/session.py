@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import ray
 
-from ..config import UserError
+from ..config import UserError, first_line
 
 # Environment variables the workers need from the driver (Ray only propagates its own).
 WORKER_ENV_VARS = ("NANOGPT_RAY_INJECT_NAN_AT_ITER", "NANOGPT_RAY_T0", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_ENTITY",
@@ -71,8 +71,7 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
     try:
         ray.init(address=address or None, log_to_driver=log_to_driver, **kwargs)  # None: a new local cluster
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClusterError(f"could not join a Ray cluster at {address or 'a new local cluster'}: {first_line}") from None
+        raise ClusterError(f"could not join a Ray cluster at {address or 'a new local cluster'}: {first_line(e)}") from None
     warn_about_other_ray_instances()
     return True
 
