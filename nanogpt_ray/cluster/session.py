@@ -59,8 +59,8 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
         check_reachable(address)
     runtime_env, kwargs = {"env_vars": env_vars} if env_vars else {}, {}
     if address in ("", "local"):  # a cluster started here, for this command only
-        # nothing preempts a machine's own cluster; Ray Train's watcher would be one more process (and its
-        # ray.train import, ~2 s of CPU) to start before the first step, and ~1% of a core after
+        # nothing preempts a machine's own cluster; Ray Train's watcher would be one more process (with its
+        # own ray.train import) to start before the first step, and to keep polling after
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         if include_dashboard is not None:
             kwargs["include_dashboard"] = include_dashboard
