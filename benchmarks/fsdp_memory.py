@@ -2,6 +2,7 @@
 
     python benchmarks/fsdp_memory.py            # memory of gpt2 / gpt2-medium, step time of the mini model
     python benchmarks/fsdp_memory.py --steps=5  # a quicker step timing
+    python benchmarks/fsdp_memory.py --smoke    # one timed step: proves it runs, the step time means nothing
 
 Memory: the model is built on the meta device (no weights allocated), sharded with the training loop's own
 `parallel.shard_model`, and counted from each parameter's local shard (DTensor.to_local()): fp32 parameters,
@@ -89,7 +90,10 @@ def worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="one timed step (the memory rows are exact either way)")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps = 1
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/prepare_speed.py                   # 200 MB corpus (and 50 MB to show memory is flat)
     .venv/bin/python benchmarks/prepare_speed.py --size_mb=400 --small_mb=0
+    .venv/bin/python benchmarks/prepare_speed.py --smoke     # a 0.25 MB corpus: proves the script runs, measures nothing
 
 A jsonl corpus of random tiny-Shakespeare passages (200 to 4,000 characters each) is generated in a temporary
 folder, prepared once in a single process (parallel=False) and once on a fresh local Ray cluster with one
@@ -33,7 +34,7 @@ SHARED_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 FILE_MB = 25  # the corpus is several files, as real ones are; each file is cut further into --chunk_mb units
 
 
-def make_corpus(folder: pathlib.Path, size_mb: int, source: pathlib.Path, seed: int = 0) -> int:
+def make_corpus(folder: pathlib.Path, size_mb: float, source: pathlib.Path, seed: int = 0) -> int:
     text = source.read_text(encoding="utf-8")
     rng = random.Random(seed)
     written, index = 0, 0
@@ -161,17 +162,20 @@ def run_child(mode: str, corpus: pathlib.Path, out: pathlib.Path, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size_mb", type=int, default=200, help="corpus size (the goal is stated for >= 200)")
-    parser.add_argument("--small_mb", type=int, default=50, help="a smaller corpus to compare peak memory with; 0: none")
+    parser.add_argument("--size_mb", type=float, default=200, help="corpus size (the goal is stated for >= 200)")
+    parser.add_argument("--small_mb", type=float, default=50, help="a smaller corpus to compare peak memory with; 0: none")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="Ray tokenizer actors (= CPUs of the cluster)")
     parser.add_argument("--chunk_mb", type=int, default=16)
     parser.add_argument("--input", type=pathlib.Path, default=pathlib.Path(os.environ.get("SHAKESPEARE_INPUT", SHARED_INPUT)))
+    parser.add_argument("--smoke", action="store_true", help="a 0.25 MB corpus, 2 actors: seconds, figures meaningless")
     parser.add_argument("--_child", choices=["single", "ray"], dest="mode", help=argparse.SUPPRESS)
     parser.add_argument("--_corpus", dest="corpus", help=argparse.SUPPRESS)
     parser.add_argument("--_out", dest="out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
         return child(args)
+    if args.smoke:
+        args.size_mb, args.small_mb, args.workers, args.chunk_mb = 0.25, 0, 2, 1
     if not args.input.is_file():
         sys.exit(f"tiny Shakespeare not found at {args.input}; pass --input=PATH")
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "data" / "tiktoken_cache"))

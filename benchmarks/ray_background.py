@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ray_background.py                 # both parts
     .venv/bin/python benchmarks/ray_background.py --part=ray      # only the per-process CPU of a Ray run
+    .venv/bin/python benchmarks/ray_background.py --smoke         # a few iterations: proves it runs, measures nothing
 
 Part "ray": nanoGPT's CPU quick start under `nanogpt-ray train --num_workers=1` on a fresh local cluster; once
 iteration 150 is logged, every process's CPU time (utime + stime from /proc/<pid>/stat) is read twice,
@@ -45,11 +46,12 @@ def cpu_ticks() -> dict[int, tuple[int, str]]:
 
 def ray_part(args, base: dict) -> None:
     env = dict(os.environ, RAY_ADDRESS="local")
+    iters = 6 * args.start_iter
     cmd = [sys.executable, "-m", "nanogpt_ray.cli", "train",
-           *flags(dict(base, max_iters=900, lr_decay_iters=900, num_workers=1, out_dir=str(args.work_dir / "ray")))]
+           *flags(dict(base, max_iters=iters, lr_decay_iters=iters, num_workers=1, out_dir=str(args.work_dir / "ray")))]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
-        if (m := ITER.search(line)) and int(m.group(1)) >= 150:
+        if (m := ITER.search(line)) and int(m.group(1)) >= args.start_iter:
             break
     before, t0 = cpu_ticks(), time.time()
     time.sleep(args.window)
@@ -71,7 +73,7 @@ def ray_part(args, base: dict) -> None:
     print(f"  everything but the training worker: {others:.1f}%")
 
 
-def bare_ms(base: dict, work: pathlib.Path, busy: float) -> float:
+def bare_ms(base: dict, work: pathlib.Path, busy: float, iters: int) -> float:
     spinner = None
     if busy:
         spin = ("import time\nwhile True:\n t = time.perf_counter()\n while time.perf_counter() - t < %f: pass\n"
@@ -79,12 +81,12 @@ def bare_ms(base: dict, work: pathlib.Path, busy: float) -> float:
         spinner = subprocess.Popen([sys.executable, "-c", spin])
     try:
         out = subprocess.run([sys.executable, "-m", "nanogpt_ray.train_loop",
-                              *flags(dict(base, max_iters=400, lr_decay_iters=400, out_dir=str(work / "bare")))],
+                              *flags(dict(base, max_iters=iters, lr_decay_iters=iters, out_dir=str(work / "bare")))],
                              cwd=REPO, capture_output=True, text=True, check=True).stdout
     finally:
         if spinner is not None:
             spinner.kill()
-    return statistics.median(float(t) for i, t in ITER.findall(out) if int(i) >= 60)
+    return statistics.median(float(t) for i, t in ITER.findall(out) if int(i) >= iters * 3 // 20)  # after warm-up
 
 
 def main() -> int:
@@ -94,19 +96,26 @@ def main() -> int:
     parser.add_argument("--busy_fraction", type=float, default=0.1)
     parser.add_argument("--data_root", default=str(REPO / "data"))
     parser.add_argument("--work_dir", type=pathlib.Path, default=REPO / "out-bench-background")
+    parser.add_argument("--start_iter", type=int, default=150, help="the Ray run's CPU is read from this iteration on")
+    parser.add_argument("--bare_iters", type=int, default=400, help="iterations of each bare-loop run")
+    parser.add_argument("--smoke", action="store_true", help="a few iterations, a 1 s window: seconds, figures meaningless")
     args = parser.parse_args()
+    if args.smoke:
+        args.start_iter, args.bare_iters, args.window = 20, 40, 1.0
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     shutil.rmtree(args.work_dir, ignore_errors=True)  # fresh runs, never a resume
     prepare_data(pathlib.Path(args.data_root).resolve())
     base = dict(QUICKSTART, data_root=str(pathlib.Path(args.data_root).resolve()), log_interval=10)
+    if args.smoke:
+        base.update(eval_iters=2)
     if args.part in ("ray", "both"):
         ray_part(args, base)
     if args.part in ("busy", "both"):
         alone, busy = [], []
         for _ in range(2):
-            alone.append(bare_ms(base, args.work_dir, 0.0))
-            busy.append(bare_ms(base, args.work_dir, args.busy_fraction))
+            alone.append(bare_ms(base, args.work_dir, 0.0, args.bare_iters))
+            busy.append(bare_ms(base, args.work_dir, args.busy_fraction, args.bare_iters))
         a, b = statistics.median(alone), statistics.median(busy)
         print(f"bare loop alone: {a:.1f} ms/iter {alone}; beside a busy loop at {args.busy_fraction:.0%} of one core: "
               f"{b:.1f} ms/iter {busy} ({a / b:.2f}x)")

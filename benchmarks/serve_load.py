@@ -4,6 +4,7 @@ ctx 256), random weights (speed does not depend on them), 100 new tokens per req
 
     .venv/bin/python benchmarks/serve_load.py                      # the table
     .venv/bin/python benchmarks/serve_load.py --clients 1 16 --requests_per_client 2
+    .venv/bin/python benchmarks/serve_load.py --smoke              # a tiny model, a few requests: proves it runs
 
 Everything runs on this machine: a local Ray cluster, Serve's HTTP proxy, the replica (--replica_cpus CPUs,
 so that many torch threads) and the client threads, which compete with the server for the same cores.
@@ -33,19 +34,20 @@ from nanogpt_ray.model import GPT, GPTConfig  # noqa: E402
 from nanogpt_ray.tokenizer import CharTokenizer  # noqa: E402
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False, dropout=0.0)
+SMOKE_SHAPE = dict(SHAPE, n_layer=1, n_head=2, n_embd=32, block_size=64)
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # shakespeare_char's 65
 PROMPTS = ["ROMEO:\n", "JULIET:\nO Romeo, ", "First Citizen:\nBefore we proceed", "KING HENRY:\nOnce more",
            "MENENIUS:\nWhat work's, my countrymen, in hand?", "Speak, speak.", "All:\nResolved.", "BRUTUS:\n"]
 
 
-def write_run(root):
+def write_run(root, shape):
     tok = CharTokenizer(list(CHARS))
     os.makedirs(os.path.join(root, "data", "shakespeare_char"))
     with open(os.path.join(root, "data", "shakespeare_char", "meta.json"), "w") as f:
         json.dump(tok.meta(), f)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE))
-    ckpt = {"model": model.state_dict(), "optimizer": {}, "model_args": SHAPE, "iter_num": 0, "best_val_loss": 1e9,
+    model = GPT(GPTConfig(**shape))
+    ckpt = {"model": model.state_dict(), "optimizer": {}, "model_args": shape, "iter_num": 0, "best_val_loss": 1e9,
             "config": {"dataset": "shakespeare_char", "data_root": os.path.join(root, "data")}}
     save_checkpoint(ckpt, os.path.join(root, "out", "ckpt.pt"))
     return os.path.join(root, "out")
@@ -101,12 +103,17 @@ def main():
     p.add_argument("--max_tokens", type=int, default=100)
     p.add_argument("--replica_cpus", type=float, default=2)
     p.add_argument("--max_batch_size", type=int, default=64)
+    p.add_argument("--smoke", action="store_true", help="a 1-layer model, 1 and 2 clients, 4 tokens: seconds, figures meaningless")
     args = p.parse_args()
+    shape = SHAPE
+    if args.smoke:
+        shape, args.clients, args.requests_per_client, args.sequential_requests = SMOKE_SHAPE, [1, 2], 1, 2
+        args.max_tokens, args.replica_cpus = 4, 1
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory() as root:
-        out_dir = write_run(root)
+        out_dir = write_run(root, shape)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -133,7 +140,7 @@ def main():
             ray.shutdown()
 
     print(f"\none replica ({args.replica_cpus:g} CPUs, max_batch_size={args.max_batch_size}), {args.max_tokens} new "
-          f"tokens per request, shakespeare_char shape; load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+          f"tokens per request, {'a 1-layer smoke' if args.smoke else 'shakespeare_char'} shape; load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
     print("| clients | requests | tokens/s | vs one at a time | TTFT p50 | TTFT p95 | latency p50 | latency p95 |")
     print("|---|---|---|---|---|---|---|---|")
     for name, _, n, tps, res in rows:

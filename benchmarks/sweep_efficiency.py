@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sweep_efficiency.py                  # 8 lrs, mini char model, 2 sweeps
     .venv/bin/python benchmarks/sweep_efficiency.py --max_iters=300  # quicker, noisier
+    .venv/bin/python benchmarks/sweep_efficiency.py --smoke          # 2 lrs, 4 iterations: proves it runs
 
 Both sweeps train the same 8 learning rates (log-spaced, in a fixed shuffled order so that ASHA does not see
 them sorted) on character-level tiny Shakespeare with the same seed, so a trial that runs to the end reaches
@@ -29,11 +30,9 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from train_speed import prepare_char_data  # noqa: E402
-
-from nanogpt_ray.config import SweepConfig  # noqa: E402
+from nanogpt_ray.config import PrepareConfig, SweepConfig  # noqa: E402
+from nanogpt_ray.prepare import prepare_shakespeare  # noqa: E402
 
 
 def learning_rates(low: float, high: float, count: int, seed: int) -> list[float]:
@@ -126,10 +125,16 @@ def main() -> None:
     parser.add_argument("--replay_orders", type=int, default=200, help="random start orders replayed on the grid's curves")
     parser.add_argument("--cpus_per_worker", type=float, default=0.99, help="0.99: two trials share 2 CPUs")
     parser.add_argument("--json", default="", help="also write the figures to this file")
+    parser.add_argument("--smoke", action="store_true", help="2 lrs, 4 iterations, the smallest preset: seconds of "
+                        "training (plus Ray's start), figures meaningless")
     args = parser.parse_args()
+    if args.smoke:
+        args.num_lrs, args.max_iters, args.eval_interval, args.eval_iters = 2, 4, 2, 2
+        args.grace_period, args.reduction_factor, args.replay_orders, args.size = 2, 2, 2, "tiny"
     work = pathlib.Path(args.work)
     args.data_root, args.storage = work / "data", work / "sweeps"
-    prepare_char_data(args.data_root, pathlib.Path(args.input))
+    if not (args.data_root / "shakespeare_char" / "train.bin").exists():
+        prepare_shakespeare(PrepareConfig(dataset="shakespeare_char", data_root=str(args.data_root), input=args.input))
 
     import ray
 

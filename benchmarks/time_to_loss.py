@@ -2,6 +2,7 @@
 
     SHAKESPEARE_INPUT=path/to/input.txt .venv/bin/python benchmarks/time_to_loss.py
     .venv/bin/python benchmarks/time_to_loss.py --sweep_iters=0 --lr_a=1e-3 --lr_b=3e-3 --lr_c=4e-3 --muon_lr_c=0.05
+    .venv/bin/python benchmarks/time_to_loss.py --smoke       # a few iterations per run: proves it runs, measures nothing
 
 nanoGPT's CPU quick start shape (4 layers, 4 heads, 128 wide, ctx 64, batch 12, no accumulation, dropout 0),
 char-level tiny Shakespeare prepared into a temporary data_root. Three recipes:
@@ -22,9 +23,11 @@ machine --parallel=3 --threads=1 runs the recipes side by side so that all three
 from __future__ import annotations
 
 import argparse
+import atexit
 import multiprocessing
 import os
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -114,9 +117,16 @@ def main() -> None:
         parser.add_argument(f"--budgets_{name}", default=BUDGETS[name], help="iterations each run is planned for")
         parser.add_argument(f"--lr_{name}", type=float, default=None)
         parser.add_argument(f"--muon_lr_{name}", type=float, default=None)
+    parser.add_argument("--smoke", action="store_true", help="one lr per sweep, 2-iteration runs, a target every run "
+                        "reaches: seconds, figures meaningless")
     args = parser.parse_args()
+    if args.smoke:
+        args.sweep_iters, args.eval_interval, args.eval_iters, args.target = 2, 2, 1, 100.0
+        for name in RECIPES:
+            setattr(args, f"budgets_{name}", "2")
 
     work = tempfile.mkdtemp(prefix="time-to-loss-")
+    atexit.register(shutil.rmtree, work, True)  # data and checkpoints of every run: nothing worth keeping
     data_root = os.path.join(work, "data")
     prepare_shakespeare(PrepareConfig(dataset="shakespeare_char", data_root=data_root, input=args.input))
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
@@ -128,7 +138,8 @@ def main() -> None:
         if lr is not None:
             chosen[name] = (lr, getattr(args, f"muon_lr_{name}"))
         else:
-            jobs += [(name, "sweep", lr, muon_lr, data_root, work, args.sweep_iters, args) for lr, muon_lr in RECIPES[name][1]]
+            candidates = RECIPES[name][1][:1] if args.smoke else RECIPES[name][1]
+            jobs += [(name, "sweep", lr, muon_lr, data_root, work, args.sweep_iters, args) for lr, muon_lr in candidates]
     best_lr = {}
     for name, _, lr, muon_lr, evals in run_jobs(jobs, args.parallel):
         val = evals[-1]["val_loss"]

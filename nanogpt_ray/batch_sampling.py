@@ -1,7 +1,7 @@
 """Batch sampling without Ray: prompt files in, keyed result rows out. Pure: torch, tokenizer, stdlib
 (pyarrow only where a .parquet file is read or written).
 
-The pieces actors.py wires into Ray, each usable (and tested) on its own:
+The pieces cluster/sampling.py wires into Ray, each usable (and tested) on its own:
 
     records = read_prompts("prompts.jsonl")              # {'id', 'prompt', optional per-row settings}
     rows = expand_rows(records, cfg)                     # one SampleRow per prompt and sample index
@@ -17,24 +17,40 @@ planned from the input order alone, so 1 actor or 10, a retry or not, every row 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import os
+import typing
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import torch
 
-from .config import UserError
-from .engine import generate
-from .tokenizer import decode_tokens, unknown_chars_message
+from .config import SamplingError, SamplingParams, UserError, first_line
+from .engine import generate, row_generator
+from .sample import PromptError, encode_prompt
+from .tokenizer import decode_tokens
 
-# The settings a jsonl/parquet row may override; anything else in a row is ignored.
-ROW_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
-OUTPUT_COLUMNS = ("id", "sample", "prompt", "completion", "tokens", "max_new_tokens", "temperature", "top_k",
-                  "top_p", "seed", "error")
+RUN_SETTINGS = ("context_shift",)  # sampling parameters set once per run (the actors'), never per row
+ROW_SETTINGS = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name not in RUN_SETTINGS)
+"""The sampling parameters a jsonl/parquet row may override; anything else in a row is ignored."""
+
+
+def _arrow_type(hint) -> str:
+    return "float64" if float in (hint, *typing.get_args(hint)) else "int64"
+
+
+_SETTING_TYPES = typing.get_type_hints(SamplingParams)
+OUTPUT_COLUMNS: dict[str, str] = {
+    "id": "int64",  # a string column when some id is not an integer (output_schema)
+    "sample": "int64", "prompt": "string", "completion": "string", "tokens": "int64",
+    **{name: _arrow_type(_SETTING_TYPES[name]) for name in ROW_SETTINGS},
+    "error": "string",
+}
+"""Every result row's columns and their parquet types, in order: the one list of them."""
 PROMPT_FORMATS = (".jsonl", ".parquet", ".txt")
 OUTPUT_FORMATS = (".jsonl", ".parquet")
 SEED_MODULUS = 2**63  # torch.Generator seeds are 64-bit; stay positive in int64 columns too
@@ -73,6 +89,9 @@ class SampleRow:
         """Rows batch together only when these agree (generate takes them per batch)."""
         return (self.max_new_tokens, self.temperature, self.top_k, self.top_p)
 
+    def params(self, context_shift: int = 0) -> SamplingParams:
+        return SamplingParams(*self.settings(), seed=self.seed, context_shift=context_shift)
+
 
 def derive_seed(global_seed: int, row_id) -> int:
     """A row's seed when it gives none: a hash of (global seed, id), the same in every process
@@ -93,23 +112,6 @@ def _setting(record: dict, key: str, default):
     return value
 
 
-def _check_settings(max_new_tokens, temperature, top_k, top_p, seed) -> str | None:
-    """Why a row's settings cannot be used, or None."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, float)) \
-            or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-        return f"max_new_tokens={max_new_tokens!r} must be an integer >= 1"
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        return f"temperature={temperature!r} must be a number > 0"
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, float))
-                              or int(top_k) != top_k or top_k < 1):
-        return f"top_k={top_k!r} must be an integer >= 1 or null"
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        return f"top_p={top_p!r} must be in (0, 1] or null"
-    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or int(seed) != seed:
-        return f"seed={seed!r} must be an integer"
-    return None
-
-
 def expand_rows(records: Iterable[dict], cfg, num_samples: int | None = None) -> Iterator[SampleRow]:
     """One SampleRow per record and sample index 0..num_samples-1. Settings missing from a record come
     from cfg (a SampleConfig or anything with the same attributes). Bad settings become the row's error."""
@@ -118,15 +120,17 @@ def expand_rows(records: Iterable[dict], cfg, num_samples: int | None = None) ->
         row_id = record["id"]
         prompt = record.get("prompt")
         settings = {key: _setting(record, key, getattr(cfg, key)) for key in ROW_SETTINGS}
-        has_seed = _setting(record, "seed", None) is not None
-        error = _check_settings(**settings)
+        error = None
+        try:
+            params = SamplingParams(**settings)
+        except SamplingError as e:
+            error = str(e)
         if prompt is not None and not isinstance(prompt, str):
             error = error or f"prompt must be a string, not {type(prompt).__name__}"
         if error is None:
-            seed = int(settings["seed"]) if has_seed else derive_seed(cfg.seed, row_id)
-            top_k = None if settings["top_k"] is None else int(settings["top_k"])
-            top_p = None if settings["top_p"] is None else float(settings["top_p"])
-            row_settings = (int(settings["max_new_tokens"]), float(settings["temperature"]), top_k, top_p, seed)
+            if _setting(record, "seed", None) is None:
+                params.seed = derive_seed(cfg.seed, row_id)
+            row_settings = tuple(getattr(params, key) for key in ROW_SETTINGS)
         else:  # keep what was given (rows_to_table drops what does not fit a column)
             row_settings = tuple(settings[k] for k in ROW_SETTINGS)
         for sample in range(num_samples):
@@ -140,11 +144,11 @@ def prompt_error_and_ids(tokenizer, prompt: str, block_size: int, truncate: bool
     """(error, token ids) of one prompt: empty prompts, characters outside a char vocab, and prompts longer
     than block_size (unless truncate keeps their last block_size tokens) are errors."""
     if prompt == "":
-        return "empty prompt", []
-    unknown = unknown_chars_message(tokenizer, prompt)
-    if unknown:
-        return unknown, []
-    ids = tokenizer.encode(prompt)
+        return "empty prompt", []  # a row of a file says what to continue (sample and serve start a new document)
+    try:
+        ids = encode_prompt(tokenizer, prompt)
+    except PromptError as e:
+        return str(e), []
     if len(ids) > block_size:
         if not truncate:
             return (f"prompt is {len(ids)} tokens, longer than the model's block_size={block_size}; "
@@ -276,9 +280,9 @@ def left_pad(token_lists: list[list[int]], pad_id: int = 0) -> tuple[torch.Tenso
 
 
 def result_row(row: SampleRow, completion: str | None = None, tokens: int = 0, error: str | None = None) -> dict:
-    return {"id": row.id, "sample": row.sample, "prompt": row.prompt, "completion": completion, "tokens": tokens,
-            "max_new_tokens": row.max_new_tokens, "temperature": row.temperature, "top_k": row.top_k,
-            "top_p": row.top_p, "seed": row.seed, "error": error if error is not None else row.error}
+    """The output row of a SampleRow: OUTPUT_COLUMNS, the ones a SampleRow lacks from the arguments."""
+    outcome = {"completion": completion, "tokens": tokens, "error": error if error is not None else row.error}
+    return {name: outcome[name] if name in outcome else getattr(row, name) for name in OUTPUT_COLUMNS}
 
 
 @torch.no_grad()
@@ -291,16 +295,15 @@ def generate_batch(model, tokenizer, batch: list[SampleRow], block_size: int, tr
     good = [r for r in batch if r.error is None]
     results = {r.key(): result_row(r) for r in batch if r.error is not None}
     if good:
-        max_new_tokens, temperature, top_k, top_p = good[0].settings()
         assert all(r.settings() == good[0].settings() for r in good), "a batch mixes settings; use plan_batches"
+        params = good[0].params(context_shift)
         x, lengths = left_pad([r.token_ids for r in good])
         x = x.to(device)
-        generators = [torch.Generator(device=device).manual_seed(generator_seed(r.seed, r.sample)) for r in good]
+        generators = [row_generator(device, generator_seed(r.seed, r.sample)) for r in good]
         padded = len(set(lengths)) > 1
         with ctx if ctx is not None else contextlib.nullcontext():
-            y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         prompt_lengths=lengths if padded else None, generators=generators,
-                         context_shift=context_shift)
+            y = generate(model, x, **params.generation_kwargs(), prompt_lengths=lengths if padded else None,
+                         generators=generators)
         new = y[:, x.size(1):].tolist()
         for r, ids in zip(good, new):
             results[r.key()] = result_row(r, decode_tokens(tokenizer, ids), len(ids))
@@ -321,11 +324,6 @@ def _check_format(path: str, formats, what: str) -> str:
     if ext not in formats:
         raise BatchSampleError(f"{what} {path!r} must end in {', '.join(formats)}")
     return ext
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"
 
 
 def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:
@@ -375,7 +373,7 @@ def read_prompts(path: str) -> Iterator[dict]:
         try:
             parquet = pq.ParquetFile(path)
         except (pyarrow.ArrowException, OSError) as e:
-            raise BatchSampleError(f"{path} is not a readable parquet file ({type(e).__name__}: {_one_line(e)})") from None
+            raise BatchSampleError(f"{path} is not a readable parquet file ({type(e).__name__}: {first_line(e)})") from None
         if "prompt" not in parquet.schema_arrow.names:
             raise BatchSampleError(f"{path} has no 'prompt' column (columns: {', '.join(parquet.schema_arrow.names)})")
         columns = [c for c in ("id", "prompt", *ROW_SETTINGS) if c in parquet.schema_arrow.names]
@@ -388,7 +386,7 @@ def read_prompts(path: str) -> Iterator[dict]:
                 break
             except (pyarrow.ArrowException, OSError) as e:
                 raise BatchSampleError(f"{path} is a damaged parquet file after row {number} "
-                                       f"({type(e).__name__}: {_one_line(e)})") from None
+                                       f"({type(e).__name__}: {first_line(e)})") from None
             for record in batch.to_pylist():
                 number += 1
                 if record.get("id") is None:
@@ -464,12 +462,8 @@ def output_schema(rows: list[dict], int_ids: bool | None = None):
 
     if int_ids is None:
         int_ids = all(isinstance(r["id"], int) and not isinstance(r["id"], bool) for r in rows)
-    return pa.schema([
-        ("id", pa.int64() if int_ids else pa.string()), ("sample", pa.int64()), ("prompt", pa.string()),
-        ("completion", pa.string()), ("tokens", pa.int64()), ("max_new_tokens", pa.int64()),
-        ("temperature", pa.float64()), ("top_k", pa.int64()), ("top_p", pa.float64()), ("seed", pa.int64()),
-        ("error", pa.string()),
-    ])
+    return pa.schema([(name, pa.string() if name == "id" and not int_ids else getattr(pa, kind)())
+                      for name, kind in OUTPUT_COLUMNS.items()])
 
 
 def rows_to_table(rows: list[dict], schema=None):
@@ -478,13 +472,15 @@ def rows_to_table(rows: list[dict], schema=None):
     schema = schema or output_schema(rows)
     if pa.types.is_string(schema.field("id").type):
         rows = [{**r, "id": r["id"] if isinstance(r["id"], str) else json.dumps(r["id"])} for r in rows]
+    ints = [k for k, kind in OUTPUT_COLUMNS.items() if kind == "int64" and k != "id"]
+    floats = [k for k, kind in OUTPUT_COLUMNS.items() if kind == "float64"]
     clean = []
     for r in rows:  # settings of an error row may be whatever the input had; keep only what fits
         c = {k: r.get(k) for k in OUTPUT_COLUMNS}
-        for k in ("max_new_tokens", "top_k", "seed", "tokens"):
+        for k in ints:
             if c[k] is not None and not (isinstance(c[k], int) and not isinstance(c[k], bool)):
                 c[k] = int(c[k]) if isinstance(c[k], float) and c[k] == int(c[k]) else None
-        for k in ("temperature", "top_p"):
+        for k in floats:
             if c[k] is not None and (isinstance(c[k], bool) or not isinstance(c[k], (int, float))):
                 c[k] = None
         clean.append(c)

@@ -6,7 +6,7 @@
 against the right peak: the data-sheet bf16 peak of a known GPU, or on a CPU (or an unknown GPU) the
 machine's own measured matmul peak, printed as such. `profile=True` wraps the timed steps in torch.profiler
 and writes a TensorBoard trace. Pure: torch, numpy, model and data; the Ray modes (`--cluster`, `--scaling`)
-live in actors.py and scaling.py and are only imported when asked for.
+live in cluster/bench.py and are only imported when asked for.
 """
 
 from __future__ import annotations

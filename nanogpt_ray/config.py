@@ -187,15 +187,6 @@ def _check_init_from(init_from: str, allowed: tuple[str, ...]) -> None:
     raise ConfigError(f"init_from={init_from!r} is not known; use one of {choices}, or a directory saved by save_pretrained")
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature <= 0:
-        raise ConfigError(f"temperature={temperature} must be > 0 (use a small value such as 1e-5 for near-greedy)")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k={top_k} must be >= 1, or None to sample from the whole vocabulary")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p={top_p} must be in (0, 1], or None to turn nucleus sampling off")
-
-
 @dataclass
 class TrainConfig(ModelOptions):
     """Everything nanoGPT's train.py reads, under the same names, plus the Ray knobs."""
@@ -402,27 +393,80 @@ class CheckpointSource:
     """Where the checkpoint's dataset meta.json (the char vocab) is looked up."""
 
 
+class SamplingError(ConfigError):
+    """A sampling parameter out of range: `param` names it, `requirement` says what is accepted, so a caller
+    with its own name for the field (the OpenAI API's max_tokens) can say the same thing in its words."""
+
+    def __init__(self, param: str, value, requirement: str):
+        super().__init__(f"{param}={value!r} {requirement}")
+        self.param, self.value, self.requirement = param, value, requirement
+
+    def __reduce__(self):
+        return type(self), (self.param, self.value, self.requirement)
+
+
+def _sampling_number(param: str, value, kind, requirement: str, accept, optional: bool = False):
+    """value as `kind` when it is a number of that kind that `accept`s, else SamplingError. Requests and prompt
+    files hand in raw JSON, so booleans and strings are refused here, not only out-of-range numbers."""
+    if value is None and optional:
+        return None
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or (kind is int and not float(value).is_integer()) or not accept(value):
+        raise SamplingError(param, value, requirement)
+    return kind(value)
+
+
 @dataclass
-class SampleConfig(CheckpointSource):
-    """sample.py's knobs, plus batch sampling on Ray actors."""
+class SamplingParams:
+    """How tokens are drawn: the one list of sampling parameters, validated here and only here. `sample`,
+    batch rows, served requests and the engine take it; the defaults are nanoGPT's sample.py."""
+
+    max_new_tokens: int = 500
+    """Tokens generated after the prompt."""
+    temperature: float = 0.8
+    """1.0 keeps the model's distribution, lower is more conservative; must be > 0."""
+    top_k: int | None = 200
+    """Keep only the k most likely tokens (1 is greedy); None disables."""
+    top_p: float | None = None
+    """Nucleus sampling: keep the smallest set of tokens with this much probability; None disables."""
+    seed: int | None = 1337
+    """Sample i of a prompt draws from its own generator seeded seed + i; None seeds each from the OS."""
+    context_shift: int = 0
+    """Past block_size: 0 slides the window one token a step, exactly as nanoGPT (full recompute each token);
+    n > 0 drops the oldest n tokens at once and keeps the KV cache between shifts (much faster, not nanoGPT's tokens)."""
+
+    def __post_init__(self) -> None:
+        self.max_new_tokens = _sampling_number("max_new_tokens", self.max_new_tokens, int, "must be an integer >= 1",
+                                               lambda v: v >= 1)
+        self.temperature = _sampling_number("temperature", self.temperature, float, "must be a number > 0 (top_k=1 is greedy)",
+                                            lambda v: v > 0)
+        self.top_k = _sampling_number("top_k", self.top_k, int, "must be an integer >= 1, or None to sample from the "
+                                      "whole vocabulary", lambda v: v >= 1, optional=True)
+        self.top_p = _sampling_number("top_p", self.top_p, float, "must be in (0, 1], or None to turn nucleus sampling "
+                                      "off", lambda v: 0 < v <= 1, optional=True)
+        self.seed = _sampling_number("seed", self.seed, int, "must be an integer, or None for a random seed",
+                                     lambda v: True, optional=True)
+        self.context_shift = _sampling_number("context_shift", self.context_shift, int, "must be an integer >= 0 (0 "
+                                              "keeps nanoGPT's exact sliding window)", lambda v: v >= 0)
+
+    def sampling_params(self) -> SamplingParams:
+        """Just the sampling parameters (of a config that derives from this class)."""
+        return SamplingParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingParams)})
+
+    def generation_kwargs(self) -> dict:
+        """What engine.generate takes per batch (the seed goes into each row's generator instead)."""
+        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                    top_p=self.top_p, context_shift=self.context_shift)
+
+
+@dataclass
+class SampleConfig(SamplingParams, CheckpointSource):
+    """sample.py's knobs (the sampling parameters come from SamplingParams), plus batch sampling on Ray actors."""
 
     start: str = "\n"
     """Prompt text, or FILE:path to read it from a file."""
     num_samples: int = 10
     """Samples drawn from the prompt (nanoGPT's 10); use 1 with top_k=1 (greedy), which repeats itself."""
-    max_new_tokens: int = 500
-    """Tokens generated per sample (or per prompt row)."""
-    temperature: float = 0.8
-    """1.0 keeps the model's distribution, lower is more conservative; must be > 0."""
-    top_k: int | None = 200
-    """Keep only the k most likely tokens; None disables."""
-    top_p: float | None = None
-    """Nucleus sampling: keep the smallest set of tokens with this much probability; None disables."""
-    context_shift: int = 0
-    """Past block_size: 0 slides the window one token a step, exactly as nanoGPT (full recompute each token);
-    n > 0 drops the oldest n tokens at once and keeps the KV cache between shifts (much faster, not nanoGPT's tokens)."""
-    seed: int = 1337
-    """Torch seed; with --prompts, each row without a seed of its own derives one from it and its id."""
     device: str = "auto"
     """'auto' picks cuda when present, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
@@ -454,12 +498,10 @@ class SampleConfig(CheckpointSource):
         _check_choices(self)
         _check_device(self.device)
         _check_init_from(self.init_from, ("resume",))
-        _check_sampling(self.temperature, self.top_k, self.top_p)
-        if self.context_shift < 0:
-            raise ConfigError(f"context_shift={self.context_shift} must be >= 0 (0 keeps nanoGPT's exact sliding window)")
+        super().__post_init__()
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} must be >= 0 (0 chooses)")
-        for key in ("num_samples", "max_new_tokens", "batch_size"):
+        for key in ("num_samples", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
 
@@ -696,7 +738,7 @@ def _values_from_file(cls, path: str, current: dict) -> dict:
     try:
         namespace = runpy.run_path(path, init_globals=dict(current))
     except Exception as e:  # the user's script: any error is theirs, so say where it is, not our stack
-        raise ConfigError(f"config file {path!r}{_error_line(e, path)}: {type(e).__name__}: {_first_line(e)}") from None
+        raise ConfigError(f"config file {path!r}{_error_line(e, path)}: {type(e).__name__}: {first_line(e)}") from None
     values = {}
     fields = config_fields(cls)
     for name, value in namespace.items():
@@ -710,9 +752,11 @@ def _values_from_file(cls, path: str, current: dict) -> dict:
     return values
 
 
-def _first_line(error: BaseException) -> str:
-    text = error.msg if isinstance(error, SyntaxError) else str(error)
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else "(no message)"
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (a SyntaxError's own message, without the file and line), or
+    '(no message)': how someone else's error reads inside one of our one-line errors."""
+    text = (error.msg if isinstance(error, SyntaxError) else str(error)) or ""
+    return text.strip().splitlines()[0] if text.strip() else "(no message)"
 
 
 def _error_line(error: BaseException, path: str) -> str:

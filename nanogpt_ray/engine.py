@@ -77,7 +77,10 @@ class KVCache:
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generators=None):
-    """One token per row from logits (B, V): temperature, then top-k, then top-p (nucleus)."""
+    """One token per row from logits (B, V): temperature, then top-k, then top-p (nucleus). top_k=1 is greedy:
+    the likeliest token, taken without a draw."""
+    if top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
@@ -166,29 +169,36 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     return idx
 
 
+def row_generator(device: str, seed: int | None) -> torch.Generator:
+    """The random generator of one row: seeded, so a row's sample depends on its seed alone; or, without a seed,
+    seeded by the OS, so unseeded rows differ from each other."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 # ---------------------------------------------------------------------------- continuous batching
 
 class Sequence:
-    """One row a server wants generated. The batcher calls on_token(token) from its thread for every new token
+    """One row a server wants generated with its SamplingParams (config.py; context_shift does not apply: a row
+    keeps the prompt tail that fits). The batcher calls on_token(token) from its thread for every new token
     (return False to stop the row there: a stop string was seen, or the client left) and then on_finish(reason)
     exactly once: 'length' (max_new_tokens reached), 'stop' (on_token said so) or 'error'."""
 
-    def __init__(self, prompt, max_new_tokens, on_token, on_finish, temperature=1.0, top_k=None, top_p=None,
-                 seed=None, device="cpu"):
+    def __init__(self, prompt, params, on_token, on_finish, device="cpu"):
         self.prompt = list(prompt)
-        self.max_new_tokens = int(max_new_tokens)
+        self.params = params
+        self.max_new_tokens = params.max_new_tokens
         self.on_token, self.on_finish = on_token, on_finish
-        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
-        self.generator = torch.Generator(device=device)
-        if seed is None:
-            self.generator.seed()  # a fresh random seed: unseeded requests differ from each other
-        else:
-            self.generator.manual_seed(int(seed))
+        self.generator = row_generator(device, params.seed)
         self.generated = 0
 
     def sampling_key(self):
         """Rows with equal keys sample together in one call."""
-        return (self.temperature, self.top_k, self.top_p)
+        return (self.params.temperature, self.params.top_k, self.params.top_p)
 
 
 class BatcherClosed(RuntimeError):
@@ -292,18 +302,14 @@ class ContinuousBatcher:
             raise
 
     def _sample(self, logits, rows):
-        """One token per row of logits (B, V); greedy rows (temperature 0) take the argmax."""
+        """One token per row of logits (B, V), rows with the same settings in one call."""
         out = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         groups = {}
         for i, seq in enumerate(rows):
             groups.setdefault(seq.sampling_key(), []).append(i)
         for (temperature, top_k, top_p), index in groups.items():
-            sub = logits[index]
-            if temperature == 0:
-                out[index] = sub.argmax(dim=-1)
-            else:
-                gens = [rows[i].generator for i in index]
-                out[index] = sample_next_token(sub, temperature, top_k, top_p, gens).view(-1)
+            gens = [rows[i].generator for i in index]
+            out[index] = sample_next_token(logits[index], temperature, top_k, top_p, gens).view(-1)
         return out
 
     def _emit(self, seq, token) -> bool:

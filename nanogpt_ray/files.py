@@ -126,8 +126,3 @@ def atomic_open(path: str, mode: str = "w", fsync: bool = False):
 def atomic_write_text(path: str, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
-
-
-def atomic_copy(source: str, path: str) -> None:
-    with atomic_open(path, "wb", fsync=True) as f, open(source, "rb") as src:
-        shutil.copyfileobj(src, f)

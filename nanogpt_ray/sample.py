@@ -3,7 +3,7 @@
     nanogpt-ray sample --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
 
 `sample_main` is the command line; `load_sampler`, `resolve_tokenizer`, `read_start` and `encode_prompt`
-are the pieces the Ray sampling actors (cluster/sampling.py) reuse to serve whole files of prompts.
+are the pieces batch sampling (and its Ray actors) and serving reuse: a prompt is encoded in one place.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import NamedTuple
 import torch
 
 from .checkpoint import load_model
-from .config import GPT2_VOCAB_SIZE, SampleConfig, UserError
+from .config import GPT2_VOCAB_SIZE, SampleConfig, SamplingParams, UserError
 from .device import autocast_context, enable_tf32, resolve_device, resolve_dtype
-from .engine import generate
+from .engine import generate, row_generator
 from .tokenizer import GPT2Tokenizer, decode_tokens, read_meta, tokenizer_from_meta, unknown_chars_message
 
 SEPARATOR = "---------------"
@@ -94,16 +94,28 @@ def read_start(start: str) -> str:
                           f"offset {e.start}); save it as UTF-8") from None
 
 
+class PromptError(SampleError):
+    """A prompt the model cannot start from; `code` says why ('unknown_characters' or 'empty_prompt')."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):
+        return type(self), (str(self), self.code)
+
+
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of a prompt; characters outside a char vocabulary are listed in one error line.
     An empty prompt starts from <|endoftext|> where the tokenizer has one."""
     unknown = unknown_chars_message(tokenizer, text)
     if unknown:
-        raise SampleError(f"the prompt has {unknown}")
+        raise PromptError(f"the prompt has {unknown}", "unknown_characters")
     ids = tokenizer.encode(text)
     if not ids:
         if tokenizer.eot_token is None:
-            raise SampleError("the prompt is empty and a char vocabulary has no start token; pass --start=<text>")
+            raise PromptError("the prompt is empty and a char vocabulary has no start token; give it some text",
+                              "empty_prompt")
         ids = [tokenizer.eot_token]
     return ids
 
@@ -175,10 +187,11 @@ def probe_threads(sampler: Sampler, candidates: tuple[int, ...], new_tokens: int
 
 def load_sampler(cfg: SampleConfig) -> Sampler:
     """Seed, then the model, tokenizer and device of a sample config (optionally compiled)."""
-    torch.manual_seed(cfg.seed)
+    if cfg.seed is not None:
+        torch.manual_seed(cfg.seed)
     sampler, _ = load_model_for_sampling(cfg.init_from, cfg.out_dir, cfg.ckpt_path, cfg.data_root, cfg.device, cfg.dtype,
                                          cfg.threads)
-    if sampler.device.startswith("cuda"):
+    if sampler.device.startswith("cuda") and cfg.seed is not None:
         torch.cuda.manual_seed(cfg.seed)
     if cfg.compile:
         # pays off for long generations; engine.generate calls this compiled module, so it is what runs
@@ -187,20 +200,18 @@ def load_sampler(cfg: SampleConfig) -> Sampler:
 
 
 @torch.no_grad()
-def generate_ids(sampler: Sampler, prompt_ids: list[int], num_samples: int, max_new_tokens: int,
-                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None,
-                 seed: int = 1337, batch_size: int = 16, context_shift: int = 0):
+def generate_ids(sampler: Sampler, prompt_ids: list[int], num_samples: int, params: SamplingParams,
+                 batch_size: int = 16):
     """num_samples continuations of one prompt, yielded one at a time as token-id lists (prompt included).
-    Rows generate together in batches; row i has its own generator seeded seed + i, so a sample does not
+    Rows generate together in batches; row i has its own generator seeded params.seed + i, so a sample does not
     depend on num_samples or batch_size."""
     model, _, device, ctx = sampler
     for first in range(0, num_samples, batch_size):
         rows = range(first, min(first + batch_size, num_samples))
         x = torch.tensor([prompt_ids] * len(rows), dtype=torch.long, device=device)
-        generators = [torch.Generator(device=device).manual_seed(seed + i) for i in rows]
+        generators = [row_generator(device, None if params.seed is None else params.seed + i) for i in rows]
         with ctx:
-            y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               generators=generators, context_shift=context_shift)
+            y = generate(model, x, **params.generation_kwargs(), generators=generators)
         yield from y.tolist()
 
 
@@ -209,7 +220,6 @@ def sample_main(cfg: SampleConfig) -> None:
     prompt = read_start(cfg.start)  # a missing prompt file fails before the model loads
     sampler = load_sampler(cfg)
     prompt_ids = encode_prompt(sampler.tokenizer, prompt)
-    for ids in generate_ids(sampler, prompt_ids, cfg.num_samples, cfg.max_new_tokens, cfg.temperature,
-                            cfg.top_k, cfg.top_p, cfg.seed, cfg.batch_size, cfg.context_shift):
+    for ids in generate_ids(sampler, prompt_ids, cfg.num_samples, cfg.sampling_params(), cfg.batch_size):
         print(decode_tokens(sampler.tokenizer, ids))
         print(SEPARATOR, flush=True)

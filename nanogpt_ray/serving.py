@@ -7,18 +7,22 @@ Bad requests raise RequestError, which the server turns into OpenAI's error JSON
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from .checkpoint import checkpoint_file
-from .config import ServeConfig, UserError
-from .sample import Sampler, load_model_for_sampling
+from .config import SamplingError, SamplingParams, ServeConfig, UserError
+from .sample import PromptError, Sampler, encode_prompt, load_model_for_sampling
 from .storage import modified_time
-from .tokenizer import decode_tokens, unknown_chars_message
+from .tokenizer import decode_tokens
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_TEMPERATURE = 2.0  # OpenAI's upper bound
+TEMPERATURE_RULE = f"must be a number in 0..{MAX_TEMPERATURE:g} (0 is greedy)"
+API_NAMES = {"max_new_tokens": "max_tokens"}  # a sampling parameter the API calls by another name
 MAX_N = 16
 MAX_CHOICES = 128  # prompts x n in one request: one request cannot take every batch slot for long
 MAX_STOP = 4  # OpenAI allows up to 4 stop sequences
@@ -39,45 +43,59 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 
 @dataclass
 class Choice:
-    """One row to generate: choice `index` of the response, from prompt `prompt_index`."""
+    """One row to generate: choice `index` of the response, from prompt `prompt_index`, with its own seed."""
 
     index: int
     prompt_index: int
     prompt_ids: list[int]
-    seed: int | None
+    params: SamplingParams
 
 
 @dataclass
 class CompletionRequest:
     model: str
     prompts: list[str]
-    max_tokens: int
-    temperature: float
-    top_p: float | None
-    top_k: int | None
+    params: SamplingParams  # the request's; each choice's params carry that choice's seed
     n: int
-    seed: int | None
     stop: list[str]
     stream: bool
     choices: list[Choice] = field(default_factory=list)
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
-
-def _number(body: dict, key: str, default, kind=float, low=None, high=None, low_open=False):
+def _number(body: dict, key: str, default, kind=float, low=None, high=None):
     value = body.get(key, default)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
         raise RequestError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}", param=key)
     value = kind(value)
-    if low is not None and (value <= low if low_open else value < low):
-        raise RequestError(f"{key}={value} must be {'>' if low_open else '>='} {low}", param=key)
-    if high is not None and value > high:
-        raise RequestError(f"{key}={value} must be <= {high}", param=key)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise RequestError(f"{key}={value} must be in {low}..{high}", param=key)
     return value
+
+
+def sampling_params(body: dict) -> SamplingParams:
+    """The request's sampling parameters with OpenAI's defaults; SamplingParams judges them, the error names the
+    field as the client sent it."""
+    def given(key, default):
+        value = body.get(key)
+        return default if value is None else value
+
+    temperature, top_k = given("temperature", 1.0), given("top_k", None)
+    if temperature == 0 and not isinstance(temperature, bool):
+        temperature, top_k = 1.0, 1  # OpenAI's temperature 0 is greedy: the likeliest token, what top_k=1 takes
+    try:
+        params = SamplingParams(max_new_tokens=given("max_tokens", DEFAULT_MAX_TOKENS), temperature=temperature,
+                                top_k=top_k, top_p=given("top_p", None), seed=given("seed", None))
+    except SamplingError as e:
+        name = API_NAMES.get(e.param, e.param)
+        requirement = TEMPERATURE_RULE if name == "temperature" else e.requirement
+        raise RequestError(f"{name}={e.value!r} {requirement}", param=name) from None
+    if params.temperature > MAX_TEMPERATURE:
+        raise RequestError(f"temperature={params.temperature} {TEMPERATURE_RULE}", param="temperature")
+    if params.top_p == 1:
+        params.top_p = None  # OpenAI's default: nucleus sampling off
+    return params
 
 
 def parse_completion_request(body, model_name: str, tokenizer, block_size: int) -> CompletionRequest:
@@ -98,15 +116,11 @@ def parse_completion_request(body, model_name: str, tokenizer, block_size: int) 
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise RequestError("prompt must be a string or a non-empty list of strings (token-id prompts are not supported)",
                            param="prompt")
-    max_tokens = _number(body, "max_tokens", DEFAULT_MAX_TOKENS, int, low=1)
-    if max_tokens >= block_size:
-        raise RequestError(f"max_tokens={max_tokens} leaves no room for the prompt in this model's context of "
-                           f"{block_size} tokens; ask for at most {block_size - 1}", param="max_tokens")
-    temperature = _number(body, "temperature", 1.0, float, low=0, high=2)
-    top_p = _number(body, "top_p", 1.0, float, low=0, high=1, low_open=True)
-    top_k = _number(body, "top_k", None, int, low=1)
+    params = sampling_params(body)
+    if params.max_new_tokens >= block_size:
+        raise RequestError(f"max_tokens={params.max_new_tokens} leaves no room for the prompt in this model's context "
+                           f"of {block_size} tokens; ask for at most {block_size - 1}", param="max_tokens")
     n = _number(body, "n", 1, int, low=1, high=MAX_N)
-    seed = _number(body, "seed", None, int)
     if len(prompts) * n > MAX_CHOICES:
         raise RequestError(f"{len(prompts)} prompts x n={n} is more than {MAX_CHOICES} completions in one request; "
                            "split it", param="n")
@@ -120,28 +134,19 @@ def parse_completion_request(body, model_name: str, tokenizer, block_size: int) 
     if body.get("echo") or body.get("logprobs") or (body.get("best_of") not in (None, 1)) or body.get("suffix"):
         raise RequestError("echo, logprobs, best_of and suffix are not supported by this server")
 
-    request = CompletionRequest(model, prompts, max_tokens, temperature, top_p if top_p < 1 else None, top_k, n,
-                                seed, stop, stream)
-    room = block_size - max_tokens
+    request = CompletionRequest(model, prompts, params, n, stop, stream)
+    room = block_size - params.max_new_tokens
     for p_index, text in enumerate(prompts):
-        ids = encode(tokenizer, text)
+        try:
+            ids = encode_prompt(tokenizer, text)
+        except PromptError as e:
+            raise RequestError(str(e), param="prompt", code=e.code) from None
         ids = ids[-room:]  # the oldest tokens go first, like a sliding window
         for j in range(n):
             index = p_index * n + j
-            request.choices.append(Choice(index, p_index, ids, None if seed is None else seed + index))
+            seed = None if params.seed is None else params.seed + index
+            request.choices.append(Choice(index, p_index, ids, dataclasses.replace(params, seed=seed)))
     return request
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    unknown = unknown_chars_message(tokenizer, text)
-    if unknown:
-        raise RequestError(f"the prompt has {unknown}", param="prompt", code="unknown_characters")
-    ids = tokenizer.encode(text)
-    if not ids:
-        if tokenizer.eot_token is None:
-            raise RequestError("the prompt is empty and this model's char vocabulary has no start token", param="prompt")
-        ids = [tokenizer.eot_token]
-    return ids
 
 
 class TextStream:

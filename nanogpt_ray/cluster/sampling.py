@@ -36,7 +36,7 @@ from ..batch_sampling import (
     sample_rows,
     unique_ids,
 )
-from ..config import SampleConfig, UserError, from_dict, to_dict
+from ..config import SampleConfig, UserError, first_line, from_dict, to_dict
 from ..sample import load_sampler
 from ..storage import is_uri, local_input, staged_output
 from .session import ClusterError, connect, disconnect, ray_session, wait_until_ready
@@ -144,8 +144,8 @@ def run_batches(actors: list, batches: Iterator[list[SampleRow]], on_results) ->
         except ray.exceptions.RayTaskError as e:  # generate raised: a bug or a device error; rows say so
             plan.finished(actor)
             cause = getattr(e, "cause", None) or e
-            message = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
-            results = [result_row(r, error=f"generation failed: {type(cause).__name__}: {message}") for r in batch]
+            results = [result_row(r, error=f"generation failed: {type(cause).__name__}: {first_line(cause)}")
+                       for r in batch]
         on_results(results)
 
 

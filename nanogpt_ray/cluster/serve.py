@@ -38,7 +38,6 @@ from ..serving import (
     new_completion_id,
     parse_completion_request,
     sse,
-    usage,
 )
 from .session import ray_session
 
@@ -145,8 +144,7 @@ class CompletionServer:
         def on_finish(i, reason):
             put((i, streams[i].flush(), reason))
 
-        seqs = [Sequence(c.prompt_ids, req.max_tokens, partial(on_token, c.index), partial(on_finish, c.index),
-                         temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=c.seed, device=engine.device)
+        seqs = [Sequence(c.prompt_ids, c.params, partial(on_token, c.index), partial(on_finish, c.index), engine.device)
                 for c in req.choices]
         try:
             engine.batcher.submit(*seqs)
@@ -190,10 +188,8 @@ class CompletionServer:
         if "error" in reasons:
             return error(500, "generation failed on the server", type_="server_error")
         completion_tokens = sum(len(s.ids) for s in streams)
-        response = completion_response(completion_id, self.model_name, texts, reasons, prompt_tokens,
-                                       completion_tokens, created)
-        response["usage"] = usage(prompt_tokens, completion_tokens)
-        return response
+        return completion_response(completion_id, self.model_name, texts, reasons, prompt_tokens, completion_tokens,
+                                   created)
 
 
 def build_app(cfg: ServeConfig):

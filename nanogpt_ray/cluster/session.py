@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import ray
 
-from ..config import UserError
+from ..config import UserError, first_line
 
 # Environment variables the workers need from the driver (Ray only propagates its own).
 WORKER_ENV_VARS = ("NANOGPT_RAY_T0", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_ENTITY",
@@ -84,8 +84,7 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
         ray.init(address=address or None, log_to_driver=log_to_driver, runtime_env=runtime_env, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
         _restore_env()
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClusterError(f"could not join a Ray cluster at {address or 'a new local cluster'}: {first_line}") from None
+        raise ClusterError(f"could not join a Ray cluster at {address or 'a new local cluster'}: {first_line(e)}") from None
     joined = cluster_address() or address
     _set_env("RAY_ADDRESS", joined)  # the driver's child processes (and Ray calls made here) find this cluster
     if address not in ("", "local"):

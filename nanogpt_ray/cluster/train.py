@@ -27,7 +27,15 @@ from ..config import TrainConfig, UserError, from_dict, to_dict
 from ..device import choose_device
 from ..files import fsync_dir
 from ..launch_mode import LaunchMode, choose_launch_mode
-from ..preflight import LaunchError, check_dataset, check_local, check_placement, check_resume, run_dir, run_has_checkpoint
+from ..preflight import (
+    LaunchError,
+    check_dataset,
+    check_local,
+    check_placement,
+    check_resume,
+    run_dir,
+    run_has_checkpoint,
+)
 from ..storage import is_uri
 from ..train_loop import PROCESS_T0, STARTUP_T0_ENV, Runtime, mark_startup, train
 from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars

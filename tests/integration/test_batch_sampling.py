@@ -271,15 +271,3 @@ def test_cli_samples_a_file_on_two_actors(ray_start_2_cpus, run, tmp_path, recor
     bad = subprocess.run(cmd[:5] + [f"--output={tmp_path / 'o.csv'}"] + cmd[6:], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "must end in .jsonl, .parquet" in bad.stderr
-
-
-def test_actor_plan_is_one_per_gpu_or_per_cpu(run):
-    from nanogpt_ray.cluster.sampling import plan_sampler_actors
-
-    assert plan_sampler_actors(config(run, num_actors=0), {"CPU": 3.0}) == (3, {"num_cpus": 1})
-    assert plan_sampler_actors(config(run, num_actors=0, device="auto"), {"CPU": 8.0, "GPU": 4.0}) == \
-        (4, {"num_gpus": 1.0, "num_cpus": 0})
-    assert plan_sampler_actors(config(run, num_actors=0, device="auto", gpus_per_actor=0.5), {"GPU": 2.0})[0] == 4
-    assert plan_sampler_actors(config(run, num_actors=5), {"CPU": 2.0})[0] == 5
-    with pytest.raises(ClusterError, match="fewer than gpus_per_actor"):
-        plan_sampler_actors(config(run, num_actors=0, gpus_per_actor=1.0), {"CPU": 2.0})

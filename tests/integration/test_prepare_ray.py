@@ -1,5 +1,6 @@
 """prepare on a real local Ray cluster: Ray Data output byte-identical to one process, the same documents in
-.txt/.jsonl/.parquet give the same tokens, errors cross Ray as one line, and the CLI end to end."""
+.txt/.jsonl/.parquet give the same tokens, errors cross Ray as one line. The CLI end to end without Ray:
+tests/unit/test_prepare_single.py."""
 
 import json
 import os
@@ -78,28 +79,6 @@ def test_a_bad_file_fails_across_ray_with_one_line_and_nothing_written(ray_start
     assert message == f"{bad} is not UTF-8 (byte 11,000); pass --errors=replace to substitute U+FFFD"
     folder = tmp_path / "out" / "text"
     assert not folder.exists() or os.listdir(folder) == []
-
-
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nanogpt_ray.cli", "prepare", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
-
-
-def test_cli_prepares_shakespeare_char_and_bad_input_exits_2_with_one_line(shakespeare_path, tmp_path):
-    done = cli("shakespeare_char", f"--input={shakespeare_path}", f"--data_root={tmp_path}")
-    assert done.returncode == 0, done.stderr
-    assert "1,003,854 train + 111,540 val tokens" in done.stdout
-    meta = json.loads((tmp_path / "shakespeare_char" / "meta.json").read_text())
-    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1_003_854, 111_540)
-    assert (tmp_path / "shakespeare_char" / "train.bin").stat().st_size == 2 * 1_003_854
-
-    failed = cli("text", f"--input={tmp_path}/nothing/*.jsonl", f"--data_root={tmp_path}")
-    assert failed.returncode == 2
-    assert failed.stderr.strip().splitlines() == [
-        f"nanogpt-ray prepare: error: no input files match '{tmp_path}/nothing/*.jsonl'"]
-    failed = cli("shakespeare_char", f"--input={shakespeare_path}", "--val_fraction=1.5", f"--data_root={tmp_path}")
-    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
-    assert "val_fraction=1.5 must be in (0, 1)" in failed.stderr
 
 
 def test_dataset_script_joins_a_running_cluster(ray_start_2_cpus, corpus, tmp_path):

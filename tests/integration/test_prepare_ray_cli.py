@@ -13,6 +13,8 @@ import pytest
 from nanogpt_ray.cluster.prepare import prepare
 from nanogpt_ray.config import PrepareConfig
 
+pytestmark = pytest.mark.ray  # the CLI tests start their own local Ray; the last uses the module's cluster
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUTPUTS = ("train.bin", "val.bin", "meta.json")
 

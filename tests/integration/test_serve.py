@@ -22,7 +22,7 @@ from ray import serve
 
 from nanogpt_ray.checkpoint import save_checkpoint
 from nanogpt_ray.cluster.serve import build_app
-from nanogpt_ray.config import SampleConfig, ServeConfig
+from nanogpt_ray.config import SampleConfig, SamplingParams, ServeConfig
 from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.sample import decode_tokens, encode_prompt, generate_ids, load_sampler
 from nanogpt_ray.tokenizer import CharTokenizer
@@ -89,7 +89,7 @@ def expected_greedy(run_dir, prompt, max_tokens):
     cfg = SampleConfig(out_dir=str(run_dir["out_dir"]), data_root=str(run_dir["data_root"]), device="cpu", dtype="float32")
     sampler = load_sampler(cfg)
     ids = encode_prompt(sampler.tokenizer, prompt)
-    (row,) = generate_ids(sampler, ids, 1, max_tokens, temperature=1.0, top_k=1)
+    (row,) = generate_ids(sampler, ids, 1, SamplingParams(max_tokens, temperature=1.0, top_k=1))
     return decode_tokens(sampler.tokenizer, row[len(ids):])
 
 

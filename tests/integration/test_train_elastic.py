@@ -11,7 +11,6 @@ import torch
 
 from nanogpt_ray.checkpoint import CKPT_NAME
 from nanogpt_ray.cluster.train import launch as train
-from nanogpt_ray.cluster.train import scaling_config
 from nanogpt_ray.config import TrainConfig, from_dict
 from tests.train_data import make_dataset, tiny_config
 
@@ -42,13 +41,6 @@ def test_fsdp_on_two_ray_workers_matches_the_plain_loop(ray_cluster_2_nodes, dat
     assert abs(one.history[-1]["val_loss"] - result.metrics["val_loss"]) <= 1e-4  # 1 worker x 2 micro-steps
     ckpt = torch.load(tmp_path / "fsdp" / CKPT_NAME, weights_only=True)
     assert ckpt["iter_num"] == 10 and ckpt["config"]["parallelism"] == "fsdp"
-
-
-def test_elastic_bounds_become_rays_elastic_scaling_config(data_root, tmp_path):
-    cfg = from_dict(TrainConfig, tiny_config(data_root, tmp_path, min_workers=1, max_workers=2, elastic_resize_interval_s=3))
-    scaling = scaling_config(cfg, False, {"CPU": 1})
-    assert scaling.elasticity_enabled and (scaling.min_workers, scaling.max_workers) == (1, 2)
-    assert scaling.elastic_resize_monitor_interval_s == 3
 
 
 def _saved(out_dir) -> tuple[int, int]:

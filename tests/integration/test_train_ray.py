@@ -225,38 +225,6 @@ def _train_cli(capsys, data_root, out_dir, *flags) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_accumulation_not_divisible_by_workers_is_one_line(capsys, data_root, tmp_path):
-    err = _train_cli(capsys, data_root, tmp_path, "--gradient_accumulation_steps=3", "--num_workers=2")
-    assert "gradient_accumulation_steps=3 must divide by num_workers=2" in err
-
-
-@pytest.mark.timeout(60)
-def test_missing_dataset_names_the_prepare_command(capsys, data_root, tmp_path):
-    err = _train_cli(capsys, data_root, tmp_path, "--dataset=nowhere")
-    assert "nanogpt-ray prepare nowhere" in err
-
-
-@pytest.mark.timeout(60)
-def test_block_size_larger_than_the_data_is_one_line(capsys, tmp_path):
-    make_dataset(tmp_path / "small", n_train=20_000, n_val=100)
-    err = _train_cli(capsys, tmp_path / "small", tmp_path / "out", "--block_size=128")
-    assert "val.bin holds 100 tokens, too few for block_size=128" in err
-
-
-@pytest.mark.timeout(60)
-def test_unwritable_storage_path_fails_before_workers_start(capsys, data_root, tmp_path):
-    (tmp_path / "a_file").write_text("not a folder")
-    err = _train_cli(capsys, data_root, tmp_path / "out", f"--storage_path={tmp_path / 'a_file' / 'ray'}")
-    assert "is not writable" in err and "--storage_path" in err
-
-
-@pytest.mark.timeout(60)
-def test_resume_without_a_checkpoint_is_one_line(capsys, data_root, tmp_path):
-    err = _train_cli(capsys, data_root, tmp_path / "empty", "--init_from=resume")
-    assert "init_from='resume' but there is no checkpoint" in err
-
-
-@pytest.mark.timeout(60)
 def test_use_gpu_without_gpus_in_the_cluster_is_one_line(ray_start_2_cpus, capsys, data_root, tmp_path):
     err = _train_cli(capsys, data_root, tmp_path / "out", "--use_gpu=True")
     assert "use_gpu=True but the Ray cluster has no GPUs" in err

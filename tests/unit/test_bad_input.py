@@ -8,6 +8,7 @@ import pathlib
 import pickle
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.preflight import LaunchError, check_placement
 from nanogpt_ray.tokenizer import CharTokenizer, TokenizerError, read_meta
 from nanogpt_ray.train_loop import run_bare
+from tests.train_data import make_dataset, tiny_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -322,3 +324,57 @@ def test_cuda_on_a_cluster_without_gpus_fails_preflight():
     with pytest.raises(LaunchError, match="device='cuda' but the Ray cluster has no GPUs"):
         check_placement(TrainConfig(device="cuda", num_workers=1), nodes)
     assert check_placement(TrainConfig(device="cpu", num_workers=1), nodes)[1] is False
+
+
+def test_cluster_mode_with_nothing_at_the_address_fails_in_one_line():
+    t0 = time.time()
+    result = subprocess.run([sys.executable, "-m", "nanogpt_ray.cli", "bench", "--cluster=True",
+                             "--address=127.0.0.1:1", "--device=cpu", "--real_data=False"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=100,
+                            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "127.0.0.1:1" in lines[0] and "no Ray cluster" in lines[0]
+    assert time.time() - t0 < 90
+
+
+# ---------------------------------------------------------------------------- train: refused before Ray starts
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    make_dataset(root)
+    return root
+
+
+def train_error(capsys, data_root, out_dir, *flags) -> str:
+    cfg = tiny_config(data_root, out_dir)
+    return one_line_error(capsys, "train", [*(f"--{k}={v}" for k, v in cfg.items()), *flags])
+
+
+def test_accumulation_not_divisible_by_workers_is_one_line(capsys, toy_data, tmp_path):
+    err = train_error(capsys, toy_data, tmp_path, "--gradient_accumulation_steps=3", "--num_workers=2")
+    assert "gradient_accumulation_steps=3 must divide by num_workers=2" in err
+
+
+def test_missing_dataset_names_the_prepare_command(capsys, toy_data, tmp_path):
+    err = train_error(capsys, toy_data, tmp_path, "--dataset=nowhere")
+    assert "nanogpt-ray prepare nowhere" in err
+
+
+def test_block_size_larger_than_the_data_is_one_line(capsys, tmp_path):
+    make_dataset(tmp_path / "small", n_train=20_000, n_val=100)
+    err = train_error(capsys, tmp_path / "small", tmp_path / "out", "--block_size=128")
+    assert "val.bin holds 100 tokens, too few for block_size=128" in err
+
+
+def test_unwritable_storage_path_fails_before_workers_start(capsys, toy_data, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    err = train_error(capsys, toy_data, tmp_path / "out", f"--storage_path={tmp_path / 'a_file' / 'ray'}")
+    assert "is not writable" in err and "--storage_path" in err
+
+
+def test_resume_without_a_checkpoint_is_one_line(capsys, toy_data, tmp_path):
+    err = train_error(capsys, toy_data, tmp_path / "empty", "--init_from=resume")
+    assert "init_from='resume' but there is no checkpoint" in err

@@ -4,6 +4,7 @@ import pytest
 
 from nanogpt_ray.config import ConfigError, TrainConfig, from_dict
 from nanogpt_ray.preflight import LaunchError, check_placement
+from tests.train_data import tiny_config
 
 
 def node(cpus: float) -> dict:
@@ -35,3 +36,12 @@ def test_elastic_placement_needs_room_for_min_workers_and_sizes_cpus_for_max():
                                   "device": "cpu", "cpus_per_worker": 1})
     with pytest.raises(LaunchError, match="min_workers=3 but the Ray cluster"):
         check_placement(big, [node(2)])
+
+
+def test_elastic_bounds_become_rays_elastic_scaling_config(tmp_path):
+    from nanogpt_ray.cluster.train import scaling_config  # imports ray; starts nothing
+
+    cfg = from_dict(TrainConfig, tiny_config(tmp_path, tmp_path, min_workers=1, max_workers=2, elastic_resize_interval_s=3))
+    scaling = scaling_config(cfg, False, {"CPU": 1})
+    assert scaling.elasticity_enabled and (scaling.min_workers, scaling.max_workers) == (1, 2)
+    assert scaling.elastic_resize_monitor_interval_s == 3

@@ -5,7 +5,7 @@ import pytest
 
 from nanogpt_ray.batch_sampling import BatchDispatcher, SampleRow
 from nanogpt_ray.bench import BenchError, plan_bench_actors
-from nanogpt_ray.config import TrainConfig
+from nanogpt_ray.config import SampleConfig, TrainConfig
 from nanogpt_ray.preflight import LaunchError, check_placement, max_placeable_workers
 
 
@@ -167,3 +167,19 @@ def test_an_explicit_cpus_per_worker_wins_over_the_default():
     assert resolved.cpus_per_worker == 0.5
     resolved, _ = check_placement(TrainConfig(num_workers=1, device="cpu"), [{"Resources": {"CPU": 2.0}}])
     assert resolved.cpus_per_worker == 2.0
+
+
+def sampling(**overrides) -> SampleConfig:
+    return SampleConfig(**{"device": "cpu", **overrides})
+
+
+def test_actor_plan_is_one_per_gpu_or_per_cpu():
+    from nanogpt_ray.cluster.sampling import ClusterError, plan_sampler_actors  # imports ray; starts nothing
+
+    assert plan_sampler_actors(sampling(num_actors=0), {"CPU": 3.0}) == (3, {"num_cpus": 1})
+    assert plan_sampler_actors(sampling(num_actors=0, device="auto"), {"CPU": 8.0, "GPU": 4.0}) == \
+        (4, {"num_gpus": 1.0, "num_cpus": 0})
+    assert plan_sampler_actors(sampling(num_actors=0, device="auto", gpus_per_actor=0.5), {"GPU": 2.0})[0] == 4
+    assert plan_sampler_actors(sampling(num_actors=5), {"CPU": 2.0})[0] == 5
+    with pytest.raises(ClusterError, match="fewer than gpus_per_actor"):
+        plan_sampler_actors(sampling(num_actors=0, gpus_per_actor=1.0), {"CPU": 2.0})

@@ -4,6 +4,8 @@ giving its own one-line error with nothing half-written."""
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +22,7 @@ from nanogpt_ray.prepare import PrepareError, in_val, prepare
 from nanogpt_ray.tokenizer import CharTokenizer, read_meta
 
 GPT2_EOT = 50256
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def gpt2():
@@ -361,9 +364,6 @@ def test_dataset_scripts_call_the_package():
 
 
 def test_prepare_keeps_the_loaders_dtype_rule_without_importing_torch():
-    import subprocess
-    import sys
-
     from nanogpt_ray.tokenizer import token_dtype_for  # the one rule prepare writes and data.py's loader reads
 
     assert [token_dtype_for(v) for v in (65, 50257, 65536, 65537, 100277)] == ["uint16"] * 3 + ["uint32"] * 2
@@ -383,3 +383,26 @@ def test_shakespeare_char_without_input_reads_the_copy_shipped_with_the_project(
     on_disk = read_meta(str(out_dir(tmp_path, "shakespeare_char")))
     assert on_disk["source"] == str(shipped) and on_disk["train_tokens"] == 1_003_854
     assert os.path.getsize(out_dir(tmp_path, "shakespeare_char") / "val.bin") == 111_540 * 2  # uint16
+
+
+def cli(*args):
+    """`nanogpt-ray prepare` in a fresh interpreter; below 64 MB of input it starts no Ray."""
+    return subprocess.run([sys.executable, "-m", "nanogpt_ray.cli", "prepare", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prepares_shakespeare_char_and_bad_input_exits_2_with_one_line(shakespeare_path, tmp_path):
+    done = cli("shakespeare_char", f"--input={shakespeare_path}", f"--data_root={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert "1,003,854 train + 111,540 val tokens" in done.stdout
+    meta = json.loads((tmp_path / "shakespeare_char" / "meta.json").read_text())
+    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1_003_854, 111_540)
+    assert (tmp_path / "shakespeare_char" / "train.bin").stat().st_size == 2 * 1_003_854
+
+    failed = cli("text", f"--input={tmp_path}/nothing/*.jsonl", f"--data_root={tmp_path}")
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [
+        f"nanogpt-ray prepare: error: no input files match '{tmp_path}/nothing/*.jsonl'"]
+    failed = cli("shakespeare_char", f"--input={shakespeare_path}", "--val_fraction=1.5", f"--data_root={tmp_path}")
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+    assert "val_fraction=1.5 must be in (0, 1)" in failed.stderr

@@ -13,7 +13,7 @@ import torch
 
 from nanogpt_ray import cli
 from nanogpt_ray.checkpoint import save_checkpoint
-from nanogpt_ray.config import SampleConfig
+from nanogpt_ray.config import SampleConfig, SamplingParams
 from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.sample import (
     SEPARATOR,
@@ -106,11 +106,11 @@ def test_random_samples_follow_the_seed_and_not_the_batching(char_run):
     cfg = SampleConfig(out_dir=str(char_run["out_dir"]), device="cpu", temperature=1.5, top_k=None)
     sampler = load_sampler(cfg)
     ids = encode_prompt(sampler.tokenizer, "JULIET:")
-    four = list(generate_ids(sampler, ids, 4, 16, 1.5, None, None, seed=7, batch_size=4))
-    one_by_one = list(generate_ids(sampler, ids, 4, 16, 1.5, None, None, seed=7, batch_size=1))
+    four = list(generate_ids(sampler, ids, 4, SamplingParams(16, 1.5, None, None, seed=7), batch_size=4))
+    one_by_one = list(generate_ids(sampler, ids, 4, SamplingParams(16, 1.5, None, None, seed=7), batch_size=1))
     assert four == one_by_one
     assert len({tuple(s) for s in four}) > 1  # different rows, different samples
-    other_seed = list(generate_ids(sampler, ids, 4, 16, 1.5, None, None, seed=8, batch_size=4))
+    other_seed = list(generate_ids(sampler, ids, 4, SamplingParams(16, 1.5, None, None, seed=8), batch_size=4))
     assert other_seed != four
 
 
@@ -239,6 +239,6 @@ def test_sample_with_compile_runs_the_compiled_model_and_matches_eager(char_run)
     assert isinstance(sampler.model, torch._dynamo.eval_frame.OptimizedModule)
     tok = char_run["tok"]
     ids = encode_prompt(sampler.tokenizer, "ROMEO:")
-    [compiled] = generate_ids(sampler, ids, 1, 6, top_k=1, batch_size=1)
+    [compiled] = generate_ids(sampler, ids, 1, SamplingParams(6, top_k=1), batch_size=1)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured (and compiled) the forward passes
     assert compiled == greedy(char_run["model"], tok.encode("ROMEO:"), 6)

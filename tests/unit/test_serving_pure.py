@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from nanogpt_ray.config import ConfigError, ServeConfig
+from nanogpt_ray.config import ConfigError, SamplingParams, ServeConfig
 from nanogpt_ray.engine import BatcherClosed, ContinuousBatcher, Sequence, generate
 from nanogpt_ray.model import GPT, GPTConfig
 from nanogpt_ray.serving import (
@@ -19,6 +19,11 @@ from nanogpt_ray.serving import (
     parse_completion_request,
 )
 from nanogpt_ray.tokenizer import CharTokenizer
+
+
+def sampling(max_new_tokens, **overrides):
+    """A server row's SamplingParams: unseeded, whole vocabulary, unless the test says otherwise."""
+    return SamplingParams(max_new_tokens, **{"temperature": 1.0, "top_k": None, "seed": None, **overrides})
 
 TEXT = "abcdefghijklmnopqrstuvwxyz ,.\n"
 BLOCK = 48
@@ -62,7 +67,7 @@ def test_rows_joining_between_steps_generate_exactly_what_each_would_alone(model
     lengths = [30, 10, 40, 19, 5, 12]  # 28 + 19 = 47: the cache must drop shared padding to fit
     batcher = ContinuousBatcher(model, max_batch_size=4)  # 6 rows, 4 slots: two wait for a free slot
     rows = [Collect() for _ in prompts]
-    seqs = [Sequence(p, n, r.on_token, r.on_finish, temperature=0) for p, n, r in zip(prompts, lengths, rows)]
+    seqs = [Sequence(p, sampling(n, top_k=1), r.on_token, r.on_finish) for p, n, r in zip(prompts, lengths, rows)]
     batcher.submit(seqs[0])
     batcher.step()
     batcher.step()
@@ -80,7 +85,7 @@ def test_seeded_sampled_rows_match_generate_with_the_same_generator(model):
     batcher = ContinuousBatcher(model)
     rows = [Collect() for _ in range(3)]
     for i, r in enumerate(rows):
-        batcher.submit(Sequence([1, 2, 3 + i], 15, r.on_token, r.on_finish, temperature=0.9, top_k=5, seed=100 + i))
+        batcher.submit(Sequence([1, 2, 3 + i], sampling(15, temperature=0.9, top_k=5, seed=100 + i), r.on_token, r.on_finish))
     run_until_idle(batcher)
     for i, r in enumerate(rows):
         g = torch.Generator().manual_seed(100 + i)
@@ -96,9 +101,9 @@ def test_a_row_that_says_stop_leaves_and_a_broken_consumer_fails_only_its_row(mo
         raise RuntimeError("client went away")
 
     broken_row = Collect()
-    batcher.submit(Sequence([1, 2], 20, stopper.on_token, stopper.on_finish, temperature=0))
-    batcher.submit(Sequence([1, 2], 20, broken, broken_row.on_finish, temperature=0))
-    batcher.submit(Sequence([1, 2], 20, steady.on_token, steady.on_finish, temperature=0))
+    batcher.submit(Sequence([1, 2], sampling(20, top_k=1), stopper.on_token, stopper.on_finish))
+    batcher.submit(Sequence([1, 2], sampling(20, top_k=1), broken, broken_row.on_finish))
+    batcher.submit(Sequence([1, 2], sampling(20, top_k=1), steady.on_token, steady.on_finish))
     run_until_idle(batcher)
     assert (len(stopper.tokens), stopper.reason) == (3, "stop")
     assert broken_row.reason == "stop"
@@ -110,18 +115,18 @@ def test_submit_keeps_the_prompt_tail_that_fits_with_max_new_tokens(model):
     batcher = ContinuousBatcher(model)
     row = Collect()
     long_prompt = list(range(len(TEXT))) * 3  # 90 tokens, block 48
-    batcher.submit(Sequence(long_prompt, 8, row.on_token, row.on_finish, temperature=0))
+    batcher.submit(Sequence(long_prompt, sampling(8, top_k=1), row.on_token, row.on_finish))
     run_until_idle(batcher)
     expected = generate(model, torch.tensor([long_prompt[-(BLOCK - 8):]]), 8, top_k=1)[0, BLOCK - 8:].tolist()
     assert row.tokens == expected
     with pytest.raises(ValueError):
-        batcher.submit(Sequence([1], BLOCK, row.on_token, row.on_finish))
+        batcher.submit(Sequence([1], sampling(BLOCK), row.on_token, row.on_finish))
 
 
 def test_a_drained_batcher_finishes_its_rows_then_stops_and_refuses_new_ones(model):
     batcher = ContinuousBatcher(model)
     rows = [Collect() for _ in range(3)]
-    batcher.submit(*[Sequence([1, 2], 30, r.on_token, r.on_finish, temperature=0) for r in rows])
+    batcher.submit(*[Sequence([1, 2], sampling(30, top_k=1), r.on_token, r.on_finish) for r in rows])
     batcher.drain()  # before the loop even starts: what was submitted still runs to the end
     thread = threading.Thread(target=batcher.run, args=(threading.Event(),))
     thread.start()
@@ -129,7 +134,7 @@ def test_a_drained_batcher_finishes_its_rows_then_stops_and_refuses_new_ones(mod
     assert not thread.is_alive()
     assert all(len(r.tokens) == 30 and r.reason == "length" for r in rows)
     with pytest.raises(BatcherClosed):
-        batcher.submit(Sequence([1], 3, rows[0].on_token, rows[0].on_finish))
+        batcher.submit(Sequence([1], sampling(3), rows[0].on_token, rows[0].on_finish))
 
 
 # ---------------------------------------------------------------------------- requests
@@ -145,10 +150,10 @@ def test_a_valid_request_expands_into_seeded_choices():
     req = parse(prompt=["ab", "cd"], n=3, seed=7, max_tokens=5, temperature=0.5, top_p=0.9, top_k=4, stop="x")
     assert [c.index for c in req.choices] == [0, 1, 2, 3, 4, 5]
     assert [c.prompt_index for c in req.choices] == [0, 0, 0, 1, 1, 1]
-    assert [c.seed for c in req.choices] == [7, 8, 9, 10, 11, 12]
+    assert [c.params.seed for c in req.choices] == [7, 8, 9, 10, 11, 12]
     assert req.choices[3].prompt_ids == TOK.encode("cd")
-    assert (req.top_p, req.top_k, req.stop, req.max_tokens) == (0.9, 4, ["x"], 5)
-    assert parse(prompt="a").choices[0].seed is None and parse(prompt="a", top_p=1).top_p is None
+    assert (req.params.top_p, req.params.top_k, req.stop, req.params.max_new_tokens) == (0.9, 4, ["x"], 5)
+    assert parse(prompt="a").choices[0].params.seed is None and parse(prompt="a", top_p=1).params.top_p is None
 
 
 def test_a_prompt_longer_than_the_room_left_keeps_its_tail():
@@ -257,10 +262,10 @@ def test_a_modern_rotary_model_serves_the_same_tokens_as_generate():
     prompts, lengths = [[1, 2, 3], [5] * 12, [7, 8, 9, 10]], [20, 8, 15]
     batcher = ContinuousBatcher(modern, max_batch_size=2)
     rows = [Collect() for _ in prompts]
-    batcher.submit(Sequence(prompts[0], lengths[0], rows[0].on_token, rows[0].on_finish, temperature=0))
+    batcher.submit(Sequence(prompts[0], sampling(lengths[0], top_k=1), rows[0].on_token, rows[0].on_finish))
     batcher.step()
     for p, n, r in list(zip(prompts, lengths, rows))[1:]:
-        batcher.submit(Sequence(p, n, r.on_token, r.on_finish, temperature=0))
+        batcher.submit(Sequence(p, sampling(n, top_k=1), r.on_token, r.on_finish))
     run_until_idle(batcher)
     for p, n, r in zip(prompts, lengths, rows):
         expected = generate(modern, torch.tensor([p]), n, top_k=1)[0, len(p):].tolist()
