@@ -112,8 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shape, one repeat: proves the script runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bucket", default="nanogpt-bench")
+    parser.add_argument("--shapes", default="quick-start,gpt2-124M", help=f"comma-separated, of {', '.join(SHAPES)}")
     args = parser.parse_args(argv)
-    shapes = ["smoke"] if args.smoke else ["quick-start", "gpt2-124M"]
+    shapes = ["smoke"] if args.smoke else args.shapes.split(",")
     repeats = 1 if args.smoke else args.repeats
     server = None if os.environ.get("AWS_ENDPOINT_URL") else start_moto(args.bucket)
     local_root = tempfile.mkdtemp(prefix="nanogpt-bench-storage-")
