@@ -215,35 +215,43 @@ def staged_output(path: str, keep_existing: bool = False):
 
 # ----------------------------------------------------------------------------- preflight
 
+def within(path: str, key: str, probe, timeout_s: float):
+    """probe() run in a thread for at most timeout_s (a request to an endpoint that never answers must not hang
+    the command); its failure as one line naming the key, the URI and the variable to check."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = probe()
+        except BaseException as e:  # noqa: BLE001 - carried to the caller below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True, name="storage-probe")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise StorageError(f"{key}={path!r}: the storage endpoint did not answer within {timeout_s:g} s; {check_env(path)}")
+    error = outcome.get("error")
+    if error is not None:
+        raise StorageError(f"{key}={error if isinstance(error, StorageError) else explain(path, error)}") from None
+    return outcome.get("value")
+
+
 def check_writable(path: str, key: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Write and delete a probe object under `path`, within timeout_s; one line naming the key, the URI and
     the environment variable to check when that fails (unknown scheme, no bucket, no credentials, no answer,
     no write permission)."""
     if not is_uri(path):
         return check_local_writable(path, key)
-    outcome: dict = {}
 
     def probe():
-        try:
-            fs, inner = filesystem(path)
-            name = f"{inner}/.nanogpt-write-probe-{os.getpid()}-{threading.get_ident()}"
-            with fs.open_output_stream(name) as f:
-                f.write(b"ok")
-            fs.delete_file(name)
-            outcome["ok"] = True
-        except BaseException as e:  # noqa: BLE001 - carried to the caller below
-            outcome["error"] = e
+        fs, inner = filesystem(path)
+        name = f"{inner}/.nanogpt-write-probe-{os.getpid()}-{threading.get_ident()}"
+        with fs.open_output_stream(name) as f:
+            f.write(b"ok")
+        fs.delete_file(name)
 
-    thread = threading.Thread(target=probe, daemon=True, name="storage-probe")  # a hung request must not hang us
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise StorageError(f"{key}={path!r}: the storage endpoint did not answer within {timeout_s:g} s; {check_env(path)}")
-    error = outcome.get("error")
-    if isinstance(error, StorageError):
-        raise StorageError(f"{key}={error}") from None
-    if error is not None:
-        raise StorageError(f"{key}={explain(path, error)}") from None
+    within(path, key, probe, timeout_s)
 
 
 def check_local_writable(path: str, key: str) -> None:
@@ -259,28 +267,14 @@ def check_local_writable(path: str, key: str) -> None:
 
 
 def check_readable(path: str, key: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """A URI that must already hold something (a dataset, a checkpoint): one line when it does not, or when
-    its store cannot be reached."""
-    if not is_uri(path):
+    """A URI that must already hold something (a dataset's file): one line when it does not, or when its store
+    cannot be reached."""
+    if not is_uri(path) or within(path, key, lambda: exists(path), timeout_s):
         return
-    outcome: dict = {}
-
-    def probe():
-        try:
-            outcome["exists"] = exists(path)
-        except BaseException as e:  # noqa: BLE001
-            outcome["error"] = e
-
-    thread = threading.Thread(target=probe, daemon=True, name="storage-probe")
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise StorageError(f"{key}={path!r}: the storage endpoint did not answer within {timeout_s:g} s; {check_env(path)}")
-    error = outcome.get("error")
-    if error is not None:
-        raise StorageError(f"{key}={error if isinstance(error, StorageError) else explain(path, error)}") from None
-    if not outcome.get("exists"):
-        raise StorageError(f"{key}={path!r} does not exist; {check_env(path)}")
+    bucket = f"{scheme(path)}://{path.split('://', 1)[1].split('/', 1)[0]}"
+    if not within(path, key, lambda: exists(bucket), timeout_s):
+        raise StorageError(f"{key}: {path!r}: bucket {bucket!r} does not exist; create it, or fix the URI ({check_env(path)})")
+    raise StorageError(f"{key}: {path!r} does not exist; {check_env(path)}")
 
 
 # ----------------------------------------------------------------------------- checkpoints in a run's folder
