@@ -100,7 +100,7 @@ def test_torchrun_two_processes_equal_one_process_with_accumulation_two(data_roo
     env.pop("RAY_ADDRESS", None)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nanogpt_ray.cli", "train", *flags],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150)
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=250)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "local mode" in proc.stdout and "2 workers x 1 each" in proc.stdout
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
