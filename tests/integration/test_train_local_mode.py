@@ -53,7 +53,7 @@ def uninterrupted(data_root, tmp_path_factory):
     return _weights(out_dir)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_one_worker_trains_in_this_process_without_a_ray_cluster(data_root, tmp_path, capsys, num_workers):
     wandb = dict(wandb_log=True, wandb_project="nanogpt-test") if num_workers == 0 else {}  # offline (conftest)
@@ -72,7 +72,7 @@ def test_one_worker_trains_in_this_process_without_a_ray_cluster(data_root, tmp_
         assert b"val/loss" in run_file.read_bytes()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_local_mode_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, data_root, tmp_path):
     out_dir = tmp_path / "out"
     launch(_cfg(data_root, out_dir, max_iters=10, **RESUME))
@@ -81,7 +81,7 @@ def test_local_mode_resume_gives_the_same_weights_as_an_uninterrupted_run(uninte
     _assert_same_state(_weights(out_dir), uninterrupted)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_local_mode_nan_loss_rolls_back_to_out_dir_checkpoint_and_replays(uninterrupted, data_root, tmp_path):
     # local mode keeps no reported checkpoints (get_all_reported_checkpoints is []): out_dir/ckpt.pt is the rollback
     result = launch(_cfg(data_root, tmp_path / "out", max_iters=20, nan_skip_batches=False, **RESUME),
@@ -90,7 +90,7 @@ def test_local_mode_nan_loss_rolls_back_to_out_dir_checkpoint_and_replays(uninte
     _assert_same_state(_weights(tmp_path / "out"), uninterrupted)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_torchrun_two_processes_equal_one_process_with_accumulation_two(data_root, tmp_path):
     common = dict(max_iters=5, eval_interval=5, log_interval=5, gradient_accumulation_steps=2, warmup_iters=0)
     launch(_cfg(data_root, tmp_path / "one", **common))
@@ -100,7 +100,7 @@ def test_torchrun_two_processes_equal_one_process_with_accumulation_two(data_roo
     env.pop("RAY_ADDRESS", None)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nanogpt_ray.cli", "train", *flags],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150)
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=250)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "local mode" in proc.stdout and "2 workers x 1 each" in proc.stdout
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
