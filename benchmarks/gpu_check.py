@@ -29,7 +29,7 @@ failed, else 0; 2 for bad arguments or no GPU.
   DDP       2 ranks, each 2 micro-steps (grad sync on the last only, as the loop does), gradients equal to one
             process accumulating the 4 micro-batches within GRAD_TOL. >= 2 GPUs: NCCL, one GPU per rank;
             CPU: gloo; 1 GPU: gloo with both ranks on it, and UNCHECKED (NCCL across ranks needs 2 GPUs).
-  sampling  engine.generate with its KV cache: tokens/s at batch 1 and 16; batch 16 >= BATCH_GAIN x batch 1.
+  sampling  engine.generate with its KV cache: tokens/s at batch 1 and 16; batch 16 >= BATCH_GAIN x batch 1 (4x; CPU 2x).
   serving   the engine's ContinuousBatcher fed by CLIENTS client threads (no Ray, no HTTP): tokens/s of
             CLIENTS clients >= BATCH_GAIN x one client's, every request finished with its tokens.
 """
@@ -84,7 +84,8 @@ WARMUP = 20  # lr warm-up iterations; fp16's scaler finds its scale in them
 FP16_MAX_SKIPS = 2  # GradScaler steps skipped after WARMUP (its scale grows only every 2000 steps)
 COMPILE_SLOWDOWN = 1.05  # compiled steady step / eager steady step, at most (timing noise)
 GRAD_TOL = {"float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}  # relative gradient error, DDP vs one process
-BATCH_GAIN = 4.0  # batch 16 (or CLIENTS clients) over batch 1 (one client), tokens/s, at least
+# batch 16 (or CLIENTS clients) over batch 1 (one client), tokens/s, at least; a shared CPU's timings are noisy
+BATCH_GAIN = {"cuda": 4.0, "cpu": 2.0}
 CLIENTS = 16
 PROMPT_TOKENS = 16
 # the lowest MFU accepted at the GPT-2 124M shape, by device class: set to catch a broken path (an fp32
@@ -220,7 +221,7 @@ def row_mfu(args):
     dt = statistics.median(times)
     achieved = model.flops_per_token() * args.shape.block_size * args.batch_size / dt
     what = f"{dt * 1000:.1f} ms/step ({'compiled' if args.compile else 'eager'}, median of {steps}), " \
-           f"{achieved / 1e12:.2f} TFLOP/s"
+           f"{achieved / 1e12:.3g} TFLOP/s"
     if not args.device.startswith("cuda"):
         peak = measure_matmul_flops("cpu")
         mfu = achieved / peak
@@ -359,9 +360,9 @@ def row_sampling(args):
         rates[batch] = batch * new / (time.perf_counter() - t0)
         if out.shape != (batch, PROMPT_TOKENS + new):
             raise Row("FAIL", f"batch {batch}: output shape {tuple(out.shape)}")
-    gain = rates[16] / rates[1]
-    raise verdict(gain >= BATCH_GAIN, f"{new} new tokens: batch 1 {rates[1]:,.0f} tok/s, batch 16 {rates[16]:,.0f} "
-                                      f"tok/s ({gain:.1f}x, must be >= {BATCH_GAIN:g}x)")
+    gain, want = rates[16] / rates[1], BATCH_GAIN[args.device]
+    raise verdict(gain >= want, f"{new} new tokens: batch 1 {rates[1]:,.0f} tok/s, batch 16 {rates[16]:,.0f} "
+                                f"tok/s ({gain:.1f}x, must be >= {want:g}x)")
 
 
 def row_serving(args):
@@ -395,12 +396,12 @@ def row_serving(args):
     throughput(1)  # warm-up
     one, many = throughput(1), throughput(CLIENTS)
     stop.set()
-    gain = many / one
+    gain, want = many / one, BATCH_GAIN[args.device]
     detail = (f"{requests} requests x {new} tokens per client: 1 client {one:,.0f} tok/s, {CLIENTS} clients "
-              f"{many:,.0f} tok/s ({gain:.1f}x, must be >= {BATCH_GAIN:g}x)")
+              f"{many:,.0f} tok/s ({gain:.1f}x, must be >= {want:g}x)")
     if problems:
         raise Row("FAIL", f"{problems[0]} ({len(problems)} bad requests); {detail}")
-    raise verdict(gain >= BATCH_GAIN, detail)
+    raise verdict(gain >= want, detail)
 
 
 ROW_FUNCTIONS = {"learns": row_learns, "mfu": row_mfu, "compile": row_compile, "fp16": row_fp16, "ddp": row_ddp,
