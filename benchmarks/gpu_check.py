@@ -10,6 +10,7 @@ On a lent machine with a time limit per command, lower the per-row limit, e.g. `
 And anywhere, the same rows on a tiny shape (tests/unit/test_gpu_check_script.py runs this with --compile=False):
 
     python benchmarks/gpu_check.py --device=cpu --tiny
+    python benchmarks/gpu_check.py --smoke                     # two rows of that, in seconds
 
 Each row runs in its own process, killed after --timeout seconds: a hang is a FAIL that names the row. A row is
 PASS, FAIL, or UNCHECKED (it could not be judged here, and says why: that is not a pass). Exit code: 1 if any row
@@ -96,6 +97,7 @@ MFU_FLOORS = (
     (r"\b(A100|A800)\b", 0.25),
     (r".", 0.10),  # every other GPU the peak table knows
 )
+SMOKE_ROWS = ("learns", "sampling")  # --smoke: the script's plumbing and one table, in seconds
 ROWS = {"learns": "learns", "mfu": "MFU", "compile": "compile", "fp16": "fp16 + GradScaler", "ddp": "DDP, 2 ranks",
         "sampling": "KV-cache sampling", "serving": f"serving, {CLIENTS} clients"}
 
@@ -454,6 +456,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--tiny", action="store_true", help="a tiny shape (checks the script itself on a CPU)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"--device=cpu --tiny --compile=False --rows={','.join(SMOKE_ROWS)} (seconds)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"),
                         help="the learns, MFU, compile, DDP and sampling rows (fp16 is its own row); default "
                              "bfloat16 on GPUs, float32 on CPUs (slow bf16 kernels: the unit tests cover bf16 there)")
@@ -463,18 +467,20 @@ def parse_args(argv=None):
     parser.add_argument("--new_tokens", type=int, help="tokens per sampling/serving request (default: the shape's)")
     parser.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                         help="torch.compile the model (default True; False leaves the compile row UNCHECKED)")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {','.join(ROWS)}")
+    parser.add_argument("--rows", help=f"comma-separated, from {','.join(ROWS)} (default: all)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per row before it is killed and FAILs")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.device, args.tiny, args.compile, args.rows = "cpu", True, False, args.rows or ",".join(SMOKE_ROWS)
     args.shape = TINY if args.tiny else GPT2_124M
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     for key in ("iters", "lr", "batch_size", "new_tokens"):
         if getattr(args, key) is None:
             setattr(args, key, getattr(args.shape, key))
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    args.rows = [r.strip() for r in (args.rows or ",".join(ROWS)).split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown row {unknown[0]!r}; rows are {', '.join(ROWS)}")
