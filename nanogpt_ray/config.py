@@ -493,6 +493,8 @@ class SampleConfig(SamplingParams, CheckpointSource):
     """Skip ids already present in the output."""
     address: str = ""
     """Ray cluster to join for --prompts; '' uses RAY_ADDRESS, else starts a local cluster."""
+    dashboard: bool = False
+    """Start Ray's dashboard with the local cluster --prompts starts (a joined cluster keeps its own)."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -549,6 +551,8 @@ class ServeConfig(CheckpointSource):
     """How often --watch polls the checkpoint."""
     address: str = ""
     """Ray cluster to deploy on (or RAY_ADDRESS); empty starts a local one."""
+    dashboard: bool = False
+    """Start Ray's dashboard (Serve's page included) with the local cluster serve starts."""
 
     def __post_init__(self) -> None:
         _check_choices(self)

@@ -250,7 +250,7 @@ def _sample(rows: list[SampleRow], cfg: SampleConfig, sink, actors: list | None,
         if rows and actors is not None:
             resubmitted = run_batches(actors, plan_batches(rows, cfg.batch_size), on_results)
         elif rows:
-            with ray_session(cfg.address):
+            with ray_session(cfg.address, include_dashboard=cfg.dashboard):
                 actors = start_sampler_actors(cfg)
                 try:
                     resubmitted = run_batches(actors, plan_batches(rows, cfg.batch_size), on_results)
@@ -294,7 +294,7 @@ def sample_dataset(source, cfg: SampleConfig, output: str = ""):
     `output` it is written there as parquet files (ds.write_parquet) instead."""
     import ray.data
 
-    started = connect(cfg.address)
+    started = connect(cfg.address, include_dashboard=cfg.dashboard)
     try:
         ds = source if isinstance(source, ray.data.Dataset) else ray.data.read_parquet(source)
         num_actors, options = plan_sampler_actors(cfg, ray.cluster_resources())

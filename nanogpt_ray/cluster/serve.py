@@ -213,7 +213,7 @@ def run_server(cfg: ServeConfig) -> None:
     """Deploy on the cluster (a new local one without --address) and block until Ctrl-C."""
     if is_this_machine(cfg.address or os.environ.get("RAY_ADDRESS", "")):
         check_port_free(cfg.host, cfg.port)  # before Ray starts: one line, not a traceback from Serve's proxy
-    with ray_session(cfg.address):
+    with ray_session(cfg.address, include_dashboard=cfg.dashboard):
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
         print(f"serving {cfg.served_model_name()!r} at http://{cfg.host}:{cfg.port}/v1 (Ctrl-C stops)", flush=True)
