@@ -98,10 +98,11 @@ def main() -> int:
     parser.add_argument("--work_dir", type=pathlib.Path, default=REPO / "out-bench-background")
     parser.add_argument("--start_iter", type=int, default=150, help="the Ray run's CPU is read from this iteration on")
     parser.add_argument("--bare_iters", type=int, default=400, help="iterations of each bare-loop run")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved pairs of bare-loop runs")
     parser.add_argument("--smoke", action="store_true", help="a few iterations, a 1 s window: seconds, figures meaningless")
     args = parser.parse_args()
     if args.smoke:
-        args.start_iter, args.bare_iters, args.window = 20, 40, 1.0
+        args.start_iter, args.bare_iters, args.window, args.repeats = 10, 20, 1.0, 1
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     shutil.rmtree(args.work_dir, ignore_errors=True)  # fresh runs, never a resume
@@ -113,7 +114,7 @@ def main() -> int:
         ray_part(args, base)
     if args.part in ("busy", "both"):
         alone, busy = [], []
-        for _ in range(2):
+        for _ in range(args.repeats):
             alone.append(bare_ms(base, args.work_dir, 0.0, args.bare_iters))
             busy.append(bare_ms(base, args.work_dir, args.busy_fraction, args.bare_iters))
         a, b = statistics.median(alone), statistics.median(busy)

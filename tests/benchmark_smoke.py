@@ -62,6 +62,10 @@ def _looks_like_a_table(output: str) -> bool:
     return len(markdown) >= 2 or len(columns) >= 2
 
 
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
 def run_smoke(name: str, tmp: pathlib.Path, timeout_s: float) -> float:
     """Run benchmarks/<name> --smoke; fail on a non-zero exit or a missing row. Returns its wall seconds."""
     smoke = SMOKE[name]
@@ -69,8 +73,12 @@ def run_smoke(name: str, tmp: pathlib.Path, timeout_s: float) -> float:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "offline",
            "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(BENCHMARKS / name), "--smoke", *args], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
+    try:
+        done = subprocess.run([sys.executable, str(BENCHMARKS / name), "--smoke", *args], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:  # say how far it got
+        raise AssertionError(f"{name} --smoke ran past {timeout_s:.0f} s; its output so far:\n"
+                             f"{_text(e.stdout)[-3000:]}\n{_text(e.stderr)[-3000:]}") from None
     seconds = time.perf_counter() - start
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{name} --smoke exited {done.returncode}:\n{output[-4000:]}"

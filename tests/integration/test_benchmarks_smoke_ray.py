@@ -8,7 +8,7 @@ from tests.benchmark_smoke import run_smoke, scripts
 pytestmark = pytest.mark.ray
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", scripts(starts_ray=True))
 def test_ray_benchmark_smoke_runs_and_prints_its_rows(name, tmp_path):
-    run_smoke(name, tmp_path, timeout_s=280)
+    run_smoke(name, tmp_path, timeout_s=560)
