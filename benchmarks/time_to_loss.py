@@ -37,7 +37,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nanogpt_ray.config import PrepareConfig, TrainConfig, from_dict  # noqa: E402
-from nanogpt_ray.model import GPT, GPTConfig  # noqa: E402
+from nanogpt_ray.model import GPTConfig  # noqa: E402
+from nanogpt_ray.modern import build_gpt  # noqa: E402
 from nanogpt_ray.prepare import prepare_shakespeare  # noqa: E402
 from nanogpt_ray.train_loop import Runtime, train  # noqa: E402
 
@@ -98,7 +99,7 @@ def run_jobs(jobs: list[tuple], parallel: int) -> list[tuple]:
 
 
 def params(arch: str, vocab_size: int = 65) -> int:
-    model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, vocab_size=vocab_size, arch=arch))
+    model = build_gpt(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, vocab_size=vocab_size, arch=arch))
     return sum(p.numel() for p in model.parameters())
 
 

@@ -36,7 +36,8 @@ from .device import (
     resolve_dtype,
 )
 from .files import atomic_open, atomic_write_text
-from .model import GPT, GPTConfig
+from .model import GPTConfig
+from .modern import build_gpt
 from .tokenizer import model_vocab_size, read_meta
 
 
@@ -147,7 +148,7 @@ def run_bench(cfg: BenchConfig | dict, verbose: bool = True) -> dict:
         get_xy = lambda: get_batch(data, cfg.batch_size, cfg.block_size, generator, device)
 
     # ------------------------------------------------------------------ model, optimizer
-    model = GPT(GPTConfig(**cfg.model_args(), vocab_size=vocab_size)).to(device)
+    model = build_gpt(GPTConfig(**cfg.model_args(), vocab_size=vocab_size)).to(device)
     optimizer = model.configure_optimizers(weight_decay=1e-2, learning_rate=1e-4, betas=(0.9, 0.95),
                                            device_type=device_type)
     raw_model = model
@@ -350,7 +351,7 @@ def scaling_train_config(cfg: BenchConfig, num_workers: int, work_dir: str) -> T
 def flops_per_iter(cfg: BenchConfig, vocab_size: int) -> float:
     """Training FLOPs of one global iteration, from a model built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        model = GPT(GPTConfig(**cfg.model_args(), vocab_size=vocab_size))
+        model = build_gpt(GPTConfig(**cfg.model_args(), vocab_size=vocab_size))
     return model.flops_per_token() * cfg.block_size * cfg.batch_size * cfg.gradient_accumulation_steps
 
 

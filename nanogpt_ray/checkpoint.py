@@ -17,6 +17,7 @@ from .config import GPT2_PRESETS, GPTConfig, UserError
 from .files import atomic_open
 from .hf import from_pretrained
 from .model import GPT
+from .modern import build_gpt
 from .storage import StorageError, is_uri, latest_checkpoint_file, read_bytes
 
 CKPT_NAME = "ckpt.pt"
@@ -87,7 +88,7 @@ def config_from_checkpoint(ckpt: dict, **overrides) -> GPTConfig:
 
 
 def model_from_checkpoint(ckpt: dict, dropout: float | None = None) -> GPT:
-    model = GPT(config_from_checkpoint(ckpt, **({} if dropout is None else {"dropout": dropout})))
+    model = build_gpt(config_from_checkpoint(ckpt, **({} if dropout is None else {"dropout": dropout})))
     model.load_state_dict(clean_state_dict(ckpt["model"]))
     return model
 

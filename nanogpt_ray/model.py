@@ -5,14 +5,12 @@ Module names match OpenAI's GPT-2 checkpoint (wte, wpe, c_attn, c_proj, c_fc, ln
 with four transposes (hf.py). The forward pass takes an optional KV cache, positions and attention mask:
 engine.py uses them for batched, cached generation; `generate` below is nanoGPT's short reference.
 
-Two flavours (GPTConfig.arch), recorded in every checkpoint:
-- "gpt2" (the default): nanoGPT's model exactly. Learned positions, LayerNorm, GELU, tied head.
-- "modern": a faster-to-train recipe (after modded-nanogpt and nanochat): rotary positions, QK-norm,
-  ReLU² MLP, parameter-free RMSNorm, no biases, an untied zero-initialised head, zero-initialised residual
-  projections and a tanh soft-cap on the logits. Same module names where the weights mean the same thing.
+This is nanoGPT's model (GPTConfig.arch="gpt2", the default): learned positions, LayerNorm, GELU, tied head.
+The opt-in modern flavour is its own model in modern.py, and modern.build_gpt(config) builds whichever a
+config names.
 
 Imports only torch, plus what sits beside it and imports only torch or the standard library: the config
-(config.GPTConfig, the one list of model options), the modern recipe's kernels (modern.py) and Muon (muon.py).
+(config.GPTConfig, the one list of model options) and Muon (muon.py, for configure_optimizers).
 """
 
 import inspect
@@ -23,7 +21,6 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from .config import GPTConfig  # noqa: F401  (stdlib only: what a model is, one list for every module)
-from .modern import LOGIT_SOFTCAP, RMSNorm, apply_rotary, relu_squared, rms_norm, rotary_angles
 from .muon import Muon, Optimizers, muon_param_names
 
 
@@ -39,17 +36,12 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-def make_norm(config):
-    return RMSNorm() if config.arch == "modern" else LayerNorm(config.n_embd, bias=config.bias)
-
-
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_index=0):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.layer_index = layer_index
-        self.modern = config.arch == "modern"
         # key, query, value projections for all heads, in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -61,22 +53,19 @@ class CausalSelfAttention(nn.Module):
         # flash attention is in PyTorch >= 2.0; the masked fallback keeps older versions working
         self.flash = hasattr(torch.nn.functional, "scaled_dot_product_attention")
 
-    def forward(self, x, kv_cache=None, attn_mask=None, rotary=None):
+    def forward(self, x, kv_cache=None, attn_mask=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
-        hs = C // self.n_head
-        qkv = self.c_attn(x)
-        if self.modern:
-            # QK-norm bounds the attention logits (stable at high learning rates); then rotate by position.
-            # q and k go through both as one (B, T, 2·nh, hs) tensor: half the small kernels of doing each.
-            # The cache stores keys already rotated, so a cached key never needs recomputing.
-            qk = apply_rotary(rms_norm(qkv[..., :2 * C].view(B, T, 2 * self.n_head, hs)), *rotary)
-            q, k = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs) each
-            v = qkv[..., 2 * C:].view(B, T, self.n_head, hs).transpose(1, 2)
-        else:
-            q, k, v = qkv.split(self.n_embd, dim=2)
-            k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-            q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-            v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        # calculate query, key, values for all heads in batch and move head forward to be the batch dim
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        return self.resid_dropout(self.c_proj(self.attend(q, k, v, kv_cache, attn_mask)))
+
+    def attend(self, q, k, v, kv_cache=None, attn_mask=None):
+        """Causal self-attention of q, k, v (B, nh, T, hs), through the KV cache when there is one; returns the
+        heads side by side (B, T, C). The modern model computes its own q and k and attends the same way."""
+        B, _, T, _ = q.size()
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)  # (B, nh, S, hs), S = cached + T
 
@@ -88,20 +77,19 @@ class CausalSelfAttention(nn.Module):
             is_causal, mask = False, None  # one new token may look at everything before it
         else:
             is_causal = False
-            mask = attn_mask if attn_mask is not None else _causal_mask(T, S, x.device)
+            mask = attn_mask if attn_mask is not None else _causal_mask(T, S, q.device)
         dropout_p = self.dropout if self.training else 0.0
         if self.flash:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
             if is_causal:
-                mask = _causal_mask(T, S, x.device)
+                mask = _causal_mask(T, S, q.device)
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
             att = self.attn_dropout(F.softmax(att, dim=-1))
             y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
-        return self.resid_dropout(self.c_proj(y))
+        return y.transpose(1, 2).contiguous().view(B, T, -1)  # re-assemble all head outputs side by side
 
 
 def _causal_mask(T, S, device):
@@ -114,7 +102,6 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.relu2 = config.arch == "modern"  # ReLU²: as good as GELU here, cheaper, and sparse
         # nanoGPT uses the exact GELU; OpenAI's GPT-2 was trained with the tanh approximation. Which one a
         # model was trained with matters once weights move between the two (hf.py, checkpoints).
         self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
@@ -122,70 +109,63 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        h = self.c_fc(x)
-        h = relu_squared(h) if self.relu2 else self.gelu(h)
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
 
     def __init__(self, config, layer_index=0):
         super().__init__()
-        self.ln_1 = make_norm(config)
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_index)
-        self.ln_2 = make_norm(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, attn_mask=None, rotary=None):
-        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask, rotary)
+    def forward(self, x, kv_cache=None, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
+def default_positions(kv_cache, t, device):
+    """Positions (t) of the next t tokens: after what the cache holds and the positions its sliding let go."""
+    start = kv_cache.dropped + kv_cache.length if kv_cache is not None else 0
+    return torch.arange(start, start + t, dtype=torch.long, device=device)
 
 
 class GPT(nn.Module):
+    relative_positions = False  # learned positions end at block_size: past it the engine refills its cache
+
 
     def __init__(self, config):
         super().__init__()
         assert config.vocab_size is not None
         assert config.block_size is not None
+        assert config.arch == "gpt2", f"arch={config.arch!r} is another model: build it with modern.build_gpt(config)"
         self.config = config
 
-        self.modern = config.arch == "modern"
-        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
-        if not self.modern:  # rotary positions (modern) live in attention, not in a table
-            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        modules.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                       ln_f=make_norm(config))
-        self.transformer = nn.ModuleDict(modules)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if not self.modern:
-            # Weight tying: the output projection reuses the token embedding (fewer params, better samples).
-            self.transformer.wte.weight = self.lm_head.weight
+        # Weight tying: the output projection reuses the token embedding (fewer params, better samples).
+        self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
+        # GPT-2's scaled init: residual projections shrink with depth so the residual stream does not grow
         for name, p in self.named_parameters():
-            if not name.endswith("c_proj.weight"):
-                continue
-            if self.modern:
-                torch.nn.init.zeros_(p)  # every block starts as the identity; the residual stream grows as it learns
-            else:  # GPT-2's scaled init: residual projections shrink with depth so the residual stream does not grow
+            if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        if self.modern:
-            torch.nn.init.zeros_(self.lm_head.weight)  # untied, so it may start at zero: uniform first predictions
-
-    @property
-    def relative_positions(self):
-        """True when attention sees only the distance between tokens (rotary), so a KV cache may slide past
-        block_size; learned absolute positions end at block_size."""
-        return self.modern
 
     def get_num_params(self, non_embedding=True):
         """Parameter count; position embeddings are left out by default, as they do no matmuls.
         Token embeddings stay in: tied to lm_head, they are the final layer's weights."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding and not self.modern:
+        if non_embedding:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -201,50 +181,35 @@ class GPT(nn.Module):
         """idx (B, T) tokens. With targets: logits (B, T, V) and the mean cross-entropy.
         Without: logits of the last position only (B, 1, V), all inference needs.
         kv_cache/positions/attn_mask serve engine.generate: cached decoding and left-padded rows."""
-        device = idx.device
         b, t = idx.size()
         start = kv_cache.length if kv_cache is not None else 0
-        # learned positions end at block_size; rotary ones do not, so without a cache a modern model may run
-        # longer sequences (with a sliding-window attn_mask that is what the engine's sliding cache computes)
-        assert start + t <= self.config.block_size or (self.modern and kv_cache is None), \
+        assert start + t <= self.config.block_size, \
             f"Cannot forward sequence of length {start + t}, block size is only {self.config.block_size}"
         if positions is None:
-            offset = kv_cache.dropped if kv_cache is not None else 0  # positions the sliding cache let go
-            positions = torch.arange(offset + start, offset + start + t, dtype=torch.long, device=device)  # shape (t)
+            positions = default_positions(kv_cache, t, idx.device)  # shape (t)
 
-        x = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
-        rotary = None
-        if self.modern:
-            rotary = rotary_angles(positions, self.config.n_embd // self.config.n_head)
-        else:
-            x = x + self.transformer.wpe(positions)  # position embeddings of shape (t, n_embd) or (b, t, n_embd)
-        x = self.transformer.drop(x)
+        tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
+        pos_emb = self.transformer.wpe(positions)  # position embeddings of shape (t, n_embd) or (b, t, n_embd)
+        x = self.transformer.drop(tok_emb + pos_emb)
         for block in self.transformer.h:
-            x = block(x, kv_cache, attn_mask, rotary)
+            x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.length += t
         x = self.transformer.ln_f(x)
 
         if targets is not None:
-            logits = self.softcap(self.lm_head(x))
+            logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         else:
             # inference-time mini-optimization: only forward the lm_head on the very last position
-            logits = self.softcap(self.lm_head(x[:, [-1], :]))  # note: using list [-1] to preserve the time dim
+            logits = self.lm_head(x[:, [-1], :])  # note: using list [-1] to preserve the time dim
             loss = None
         return logits, loss
-
-    def softcap(self, logits):
-        if not self.modern:
-            return logits
-        return LOGIT_SOFTCAP * torch.tanh(logits.float() / LOGIT_SOFTCAP)  # in fp32: tanh saturates early in bf16
 
     def crop_block_size(self, block_size):
         """Shrink the context, e.g. to finetune GPT-2 (block 1024) with a smaller block."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        if self.modern:
-            return  # rotary positions have no table to cut: the shorter context is all there is to it
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     # ------------------------------------------------------------------ training helpers

@@ -157,10 +157,11 @@ def count_params(n_layer: int, n_embd: int, vocab_size: int, bias: bool = False,
     """GPT.get_num_params() of a preset, built on the meta device (no memory, no init)."""
     import torch
 
-    from .model import GPT, GPTConfig
+    from .model import GPTConfig
+    from .modern import build_gpt
 
     with torch.device("meta"):
-        model = GPT(GPTConfig(n_layer=n_layer, n_head=1, n_embd=n_embd, vocab_size=vocab_size, bias=bias, block_size=8,
+        model = build_gpt(GPTConfig(n_layer=n_layer, n_head=1, n_embd=n_embd, vocab_size=vocab_size, bias=bias, block_size=8,
                               arch=arch))
     return model.get_num_params()
 

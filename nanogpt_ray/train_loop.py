@@ -55,6 +55,7 @@ from .device import autocast_context, choose_device, default_peak_flops, enable_
 from .files import move_into_place, remove_stale_partials, temp_name_beside
 from .hf import from_pretrained
 from .model import GPT
+from .modern import build_gpt
 from .parallel import data_parallel, full_state, is_sharded, load_full_state, set_grad_sync, shard_model, unwrap_ddp
 from .storage import local_dataset_dir
 from .tokenizer import model_vocab_size, read_meta
@@ -248,7 +249,7 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, meta: dict | None, runtime:
         log(runtime, f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
     else:
-        model = GPT(GPTConfig(**cfg.model_args(), vocab_size=model_vocab_size(meta)))
+        model = build_gpt(GPTConfig(**cfg.model_args(), vocab_size=model_vocab_size(meta)))
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)  # e.g. finetune GPT-2 (1024) with a shorter context
     return model

@@ -20,6 +20,7 @@ from nanogpt_ray.checkpoint import CKPT_NAME, load_model
 from nanogpt_ray.config import BenchConfig, ConfigError, TrainConfig, UserError, from_dict
 from nanogpt_ray.hf import export_hf
 from nanogpt_ray.model import GPT, GPTConfig
+from nanogpt_ray.modern import ModernGPT, build_gpt
 from nanogpt_ray.muon import Muon, Optimizers
 from nanogpt_ray.train_loop import run_bare
 from tests.train_data import make_dataset, tiny_config
@@ -30,7 +31,7 @@ BLOCK = 16
 def modern_model(block_size=BLOCK, seed=0):
     """A random modern model with weights far from its zero init, so greedy choices are far from ties."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=65, arch="modern"))
+    model = build_gpt(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=65, arch="modern"))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
@@ -54,7 +55,7 @@ def banded_greedy(model, ids, n, window):
 # ---------------------------------------------------------------------------- the model
 
 def test_modern_flavour_has_rotary_no_biases_untied_zero_head_and_gpt2_stays_nanogpt():
-    modern = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=65, arch="modern"))
+    modern = build_gpt(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=65, arch="modern"))
     names = dict(modern.named_parameters())
     assert "transformer.wpe.weight" not in names and not any(n.endswith(".bias") for n in names)
     assert not any("ln_" in n for n in names)  # parameter-free RMSNorm
@@ -70,6 +71,13 @@ def test_modern_flavour_has_rotary_no_biases_untied_zero_head_and_gpt2_stays_nan
     assert "transformer.wpe.weight" in dict(gpt2.named_parameters())
     assert gpt2.lm_head.weight is gpt2.transformer.wte.weight
 
+
+def test_build_gpt_picks_the_model_and_nanogpts_gpt_refuses_the_modern_config():
+    config = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)
+    assert type(build_gpt(GPTConfig(**config))) is GPT
+    assert type(build_gpt(GPTConfig(**config, arch="modern"))) is ModernGPT
+    with pytest.raises(AssertionError, match="build_gpt"):  # never a nanoGPT model silently built for a modern config
+        GPT(GPTConfig(**config, arch="modern"))
 
 def test_crop_block_size_of_a_modern_model_shortens_the_context():
     model = modern_model(block_size=32)
@@ -125,7 +133,7 @@ def test_ragged_rows_slide_past_the_context_as_each_would_alone():
 
 def test_muon_groups_hold_exactly_the_2d_block_weights():
     for arch, bias in (("modern", False), ("gpt2", True)):
-        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=65, arch=arch, bias=bias))
+        model = build_gpt(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=65, arch=arch, bias=bias))
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.05)
         assert isinstance(opt, Optimizers)
         muon, adamw = opt.optimizers
@@ -281,5 +289,5 @@ def test_the_modern_sweep_preset_searches_both_learning_rates_of_the_recipe():
     assert set(axes) == {"learning_rate", "muon_lr"}
     trial = trial_train_config(base, {"learning_rate": 4e-3, "muon_lr": 0.1})
     assert (trial.arch, trial.optimizer, trial.muon_lr, trial.learning_rate) == ("modern", "muon", 0.1, 4e-3)
-    modern = GPT(GPTConfig(n_layer=4, n_head=1, n_embd=128, block_size=8, vocab_size=65, arch="modern"))
+    modern = build_gpt(GPTConfig(n_layer=4, n_head=1, n_embd=128, block_size=8, vocab_size=65, arch="modern"))
     assert count_params(4, 128, 65, arch="modern") == modern.get_num_params()  # the results table counts the right model

@@ -9,6 +9,7 @@ import torch
 from nanogpt_ray.config import ConfigError, SamplingParams, ServeConfig
 from nanogpt_ray.engine import BatcherClosed, ContinuousBatcher, Sequence, generate
 from nanogpt_ray.model import GPT, GPTConfig
+from nanogpt_ray.modern import build_gpt
 from nanogpt_ray.serving import (
     RequestError,
     TextStream,
@@ -253,8 +254,8 @@ def test_a_modern_rotary_model_serves_the_same_tokens_as_generate():
     # the recipe's flavour behind the same batcher: rotary positions of rows that join mid-decode must still
     # be their positions in their own text
     torch.manual_seed(2)
-    modern = GPT(GPTConfig(block_size=BLOCK, vocab_size=len(TEXT), n_layer=2, n_head=2, n_embd=32, bias=False,
-                           arch="modern")).eval()
+    modern = build_gpt(GPTConfig(block_size=BLOCK, vocab_size=len(TEXT), n_layer=2, n_head=2, n_embd=32, bias=False,
+                                 arch="modern")).eval()
     with torch.no_grad():  # the recipe zero-initialises the head and projections: give those real weights
         for p in modern.parameters():
             if not p.any():
