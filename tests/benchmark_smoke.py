@@ -33,21 +33,24 @@ SMOKE = {
                                     r"\| mini 4x4x128 step time")),
     "time_to_loss.py": Smoke(False, (r"\| \(a\) nanoGPT: gpt2 \+ AdamW \| 0\.", r"\| \(b\) modern \+ AdamW \| 0\.",
                                      r"\| \(c\) modern \+ Muon \| 0\.")),
-    "gpu_check.py": Smoke(False, None),
+    "gpu_check.py": Smoke(False, (r"\| learns +\| PASS \|", r"\| KV-cache sampling +\| PASS \|")),
     "prepare_speed.py": Smoke(True, (r"\s*0MB\s+single\s", r"\s*0MB\s+ray\s")),
     "ray_background.py": Smoke(True, (r"  everything but the training worker: [\d.]+%", r"bare loop alone: [\d.]+ ms/iter"),
                                ("--work_dir={tmp}/work", "--data_root={tmp}/data")),
     "serve_load.py": Smoke(True, (r"\| one at a time \| 2 \|", r"\| 1 concurrent \| 1 \|", r"\| 2 concurrent \| 2 \|")),
     "sweep_efficiency.py": Smoke(True, (r"grid\s+\d", r"asha\s+\d", r"replay of ASHA on the grid's curves, 2 random"),
                                  ("--work={tmp}",)),
-    "train_speed.py": Smoke(True, None),
-    "sample_speed.py": Smoke(True, None),
-    "storage.py": Smoke(True, None),
+    "train_speed.py": Smoke(False, (r"\| bare loop \(plain process\) \| [\d.]+ \| 1\.00x", r"\| nanogpt-ray train \(local mode\) \| [\d.]+ \|"),
+                            ("--work_dir={tmp}/work", "--data_root={tmp}/data")),
+    "sample_speed.py": Smoke(False, (r"nanoGPT's way: batch 1, no cache\s+[\d,.]+", r"ours: KV cache, batch 2, shift 8\s+[\d,.]+")),
+    "storage.py": Smoke(False, (r"smoke \| local disk \| [\d.]+", r"smoke \| S3 server \| [\d.]+")),
 }
 
 
 def benchmark_scripts() -> list[str]:
-    return sorted(p.name for p in BENCHMARKS.glob("*.py"))
+    """Every benchmark but report.py, which runs the others (its reading of each one's output is checked on the
+    smoke output of each, in run_smoke)."""
+    return sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "report.py")
 
 
 def scripts(starts_ray: bool) -> list[str]:
@@ -86,4 +89,15 @@ def run_smoke(name: str, tmp: pathlib.Path, timeout_s: float) -> float:
         assert _looks_like_a_table(done.stdout), f"{name} --smoke printed no table:\n{done.stdout[-4000:]}"
     for row in smoke.rows or ():
         assert re.search("^" + row, done.stdout, re.MULTILINE), f"{name} --smoke printed no row {row!r}:\n{done.stdout[-4000:]}"
+    for headline in report_headlines(name):  # benchmarks/report.py reads its README figure from this output
+        assert headline.figure(done.stdout), f"report.py found no figure for {headline.what!r} in {name}'s output"
     return seconds
+
+
+def report_headlines(name: str) -> list:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return [h for h in report.HEADLINES if h.script == name]

@@ -1,5 +1,7 @@
-"""benchmarks/gpu_check.py on the CPU with a tiny shape: every row that can run on a CPU runs and passes, a run that
-cannot learn (--lr=0) fails its learning row and the script, and a row past its timeout is killed and fails by name.
+"""benchmarks/gpu_check.py on the CPU with a tiny shape: the rows whose verdict is numerics (learning, fp16 + GradScaler,
+DDP against accumulation) pass and land in one table, a run that cannot learn (--lr=0) fails its learning row and the
+script, and a row past its timeout is killed and fails by name. The timed rows (MFU, compile, sampling, serving) judge
+speed, which a shared 2-core machine cannot promise a test; the benchmark smoke test runs them.
 On a GPU machine the same script runs the GPT-2 124M shape (its docstring has the commands)."""
 
 import pathlib
@@ -23,15 +25,13 @@ def gpu_check(*flags, timeout=600):
 
 
 @pytest.mark.timeout(900)
-def test_every_cpu_row_runs_passes_and_lands_in_one_table():
-    proc, rows = gpu_check("--compile=False")
+def test_the_numerics_rows_run_pass_and_land_in_one_table():
+    proc, rows = gpu_check("--compile=False", "--rows=learns,fp16,ddp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert list(rows) == ["learns", "MFU", "compile", "fp16 + GradScaler", "DDP, 2 ranks", "KV-cache sampling",
-                          "serving, 16 clients"]
-    assert rows.pop("compile") == ("UNCHECKED", "--compile=False")
+    assert list(rows) == ["learns", "fp16 + GradScaler", "DDP, 2 ranks"]
     assert all(status == "PASS" for status, _ in rows.values()), rows
     assert "gloo on CPU" in rows["DDP, 2 ranks"][1] and "final scale" in rows["fp16 + GradScaler"][1]
-    assert "0 FAIL, 1 UNCHECKED" in proc.stdout
+    assert "3 PASS, 0 FAIL" in proc.stdout
 
 
 @pytest.mark.timeout(300)

@@ -38,7 +38,7 @@ def test_optimizer_step_counts_the_steps_gradscaler_skips():
     model = torch.nn.Linear(4, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    state = TrainState(model=model, optimizer=optimizer, scaler=scaler, generators={}, model_args={})
+    state = TrainState(model=model, optimizer=optimizer, scaler=scaler, batches=None)
     before = model.weight.detach().clone()
     for overflow in (True, False):
         scaler.scale(model(torch.ones(2, 4)).sum()).backward()
