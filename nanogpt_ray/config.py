@@ -256,7 +256,7 @@ class TrainConfig(ModelOptions):
     """DDP backend; 'auto' is nccl with GPUs and gloo without (nanoGPT hard-codes nccl)."""
     parallelism: Parallelism = "ddp"
     """'ddp': every worker holds the whole model; 'fsdp': FSDP2 shards parameters, gradients and optimizer
-    state over the workers (for models whose training state does not fit on one device; see the README)."""
+    state over the workers (for models whose training state does not fit on one device; see docs/training.md)."""
     device: str = "auto"
     """'auto' picks cuda when the worker has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:N', 'mps'."""
     dtype: Dtype = "auto"
@@ -475,7 +475,7 @@ class SampleConfig(SamplingParams, CheckpointSource):
     """torch.compile the model (slow to start; rarely worth it for sampling)."""
     threads: int = 0
     """torch threads for decoding on CPU; 0: an explicit OMP_NUM_THREADS (Ray sets it per actor to its CPUs), else
-    1 or all cores, whichever a short probe finds faster for this model on this machine now (see README)."""
+    1 or all cores, whichever a short probe finds faster for this model on this machine now (see docs/usage.md)."""
     # batch sampling on Ray actors
     prompts: str = ""
     """A .jsonl, .parquet or .txt file of prompts; switches to batch sampling."""

@@ -21,8 +21,11 @@ import ray
 
 from ..config import UserError, first_line
 
+# Set to 1 (or train --verbose=True) to keep Ray's worker and controller tracebacks of a run that ends with a
+# UserError (see prepare_worker_process).
+TRACEBACKS_ENV = "NANOGPT_RAY_TRACEBACKS"
 # Environment variables the workers need from the driver (Ray only propagates its own).
-WORKER_ENV_VARS = ("NANOGPT_RAY_T0", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_ENTITY",
+WORKER_ENV_VARS = ("NANOGPT_RAY_T0", TRACEBACKS_ENV, "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_ENTITY",
                    "TIKTOKEN_CACHE_DIR", "HF_HUB_OFFLINE", "HF_HOME", "NANOGPT_RAY_GPT2_RANKS")
 # How often the Train controller polls workers; each report can wait this long. Ray's default is 2 s.
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
@@ -75,13 +78,15 @@ def connect(address: str = "", *, env_vars: dict | None = None, include_dashboar
         # nothing preempts a machine's own cluster; Ray Train's watcher would be one more process (and its
         # ray.train import, ~2 s of CPU) to start before the first step, and ~1% of a core after
         _set_env("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))
-        # Ray turns token auth on for a new local cluster (safe: kept) and warns about it every time unless
-        # the mode is set; saying "token" keeps the same protection without the warning
-        _set_env("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "token"))
+        # Ray turns token auth on for a new local cluster (kept: it generates the token) and warns about it at
+        # every start. Setting RAY_AUTH_MODE=token ourselves would skip the token's generation (Ray reads the mode
+        # once, at import) and the GCS would die for want of one; so keep Ray's default and only its warning quiet
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         kwargs["include_dashboard"] = include_dashboard
     try:
-        # address None: a new local cluster
-        ray.init(address=address or None, log_to_driver=log_to_driver, runtime_env=runtime_env, **kwargs)
+        # "local": always a new cluster. ray.init(address=None) would join the last `ray start` cluster on the
+        # machine instead, one this command never asked for (and whose token-auth setting it does not share)
+        ray.init(address=address or "local", log_to_driver=log_to_driver, runtime_env=runtime_env, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
         _restore_env()
         raise ClusterError(f"could not join a Ray cluster at {address or 'a new local cluster'}: {first_line(e)}") from None
@@ -144,6 +149,31 @@ def prepare_worker_process() -> None:
     for name in ("ray.train.v2._internal.execution.controller.controller",
                  "ray.train.v2._internal.execution.failure_handling.default"):
         logging.getLogger(name).addFilter(_startup_timeout_without_traceback)
+    # a run that ends with one of our UserErrors (a diverged loss, bad data) ends in one line, printed by the
+    # driver: the worker's and the controller's tracebacks of it say nothing more (TRACEBACKS_ENV brings them back)
+    for name in ("ray.train.v2._internal.util", "ray.train.v2._internal.execution.controller.controller",
+                 "ray.train.v2._internal.execution.failure_handling.default"):
+        logging.getLogger(name).addFilter(_drop_user_error_logs)
+
+
+def _drop_user_error_logs(record: logging.LogRecord) -> bool:
+    """False (drop the record) when it logs one of our UserErrors, which the driver prints as one line."""
+    if os.environ.get(TRACEBACKS_ENV):
+        return True
+    # Ray's "Error in training function" log carries the traceback as text, written inside the except block
+    error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    return user_error_in(error) is None
+
+
+def user_error_in(error: BaseException | None) -> UserError | None:
+    """The UserError inside a (Ray-wrapped) exception chain, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, UserError):
+            return error
+        error = getattr(error, "cause", None) or getattr(error, "controller_failure", None) or error.__cause__
+    return None
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:

@@ -38,7 +38,7 @@ from ..preflight import (
 )
 from ..storage import is_uri
 from ..train_loop import PROCESS_T0, STARTUP_T0_ENV, Runtime, mark_startup, train
-from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, ray_session, worker_env_vars
+from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, TRACEBACKS_ENV, ray_session, user_error_in, worker_env_vars
 
 # Ray Train V2 routes workers' print() through its logger (each of our log lines then reached the console
 # twice) and logs every report at INFO; a training log should read like nanoGPT's. Set either to 1 to undo.
@@ -174,17 +174,6 @@ class RunStopped(UserError):
     """A worker's UserError, carried out of Ray Train without a retry."""
 
 
-def user_error_in(error: BaseException | None) -> UserError | None:
-    """The UserError inside a (Ray-wrapped) exception chain, if any."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, UserError):
-            return error
-        error = getattr(error, "cause", None) or getattr(error, "controller_failure", None) or error.__cause__
-    return None
-
-
 def check_cluster(cfg: TrainConfig) -> tuple[TrainConfig, bool]:
     """(cfg with cpus_per_worker decided, use_gpu); fails when the workers can never all be placed on the
     cluster's alive nodes."""
@@ -240,6 +229,8 @@ def launch(cfg: TrainConfig, runtime_class: type | None = None):
     latest checkpoint too). Local mode or Ray Train workers as launch_mode.choose_launch_mode decides; tests
     pass a runtime_class (a LocalModeRuntime or RayRuntime subclass) that injects faults."""
     os.environ.setdefault(STARTUP_T0_ENV, str(PROCESS_T0))  # the workers' --verbose clock starts with the command
+    if cfg.verbose:
+        os.environ.setdefault(TRACEBACKS_ENV, "1")
     mark_startup(cfg, Runtime(), "driver imported")
     mode = choose_launch_mode(cfg, os.environ, ray_connected=ray.is_initialized())
     if mode.local:
