@@ -95,8 +95,8 @@ HEADLINES = (
              "6x6x384, ctx 256, random weights, one torch thread", sample_speed),
     Headline("serving (OpenAI completions on Ray Serve)", "serve_load.py", ("--clients", "1", "16"),
              "one replica, 6x6x384, 100 tokens per request, clients on the same cores", serving),
-    Headline("checkpoints in a bucket", "storage.py", (),
-             "GPT-2 124M shape, S3 API server (moto) on loopback", storage),
+    Headline("checkpoints in a bucket", "storage.py", ("--shapes=quick-start",),
+             "6x6x384 model with AdamW state, S3 API server (moto) on loopback", storage),
 )
 
 
