@@ -172,6 +172,15 @@ def upload_dir(local_dir: str, uri: str) -> None:
     pyarrow.fs.copy_files(local_dir, inner, destination_filesystem=fs)
 
 
+def _upload(local: str, uri: str) -> None:
+    """A local file's bytes as one object (a reader sees the old object or the new one)."""
+    import shutil
+
+    fs, inner = filesystem(uri)
+    with open(local, "rb") as src, fs.open_output_stream(inner) as out:
+        shutil.copyfileobj(src, out, 1 << 24)
+
+
 @contextmanager
 def local_input(path: str):
     """A local path holding `path`'s bytes: itself when local; a URI is downloaded to a temporary file (same
@@ -179,14 +188,11 @@ def local_input(path: str):
     if not is_uri(path):
         yield path
         return
-    import shutil
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="nanogpt-input-") as tmp:
         local = os.path.join(tmp, basename(path))
-        fs, inner = filesystem(path)
-        with fs.open_input_stream(inner) as src, open(local, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 24)
+        _download(*filesystem(path), local)
         yield local
 
 
@@ -198,19 +204,15 @@ def staged_output(path: str, keep_existing: bool = False):
     if not is_uri(path):
         yield path
         return
-    import shutil
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="nanogpt-output-") as tmp:
         local = os.path.join(tmp, basename(path))
-        fs, inner = filesystem(path)
         if keep_existing and exists(path):
-            with fs.open_input_stream(inner) as src, open(local, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 24)
+            _download(*filesystem(path), local)
         yield local
         if os.path.exists(local):
-            with open(local, "rb") as src, fs.open_output_stream(inner) as out:
-                shutil.copyfileobj(src, out, 1 << 24)
+            _upload(local, path)
 
 
 # ----------------------------------------------------------------------------- preflight

@@ -42,3 +42,21 @@ def tiny_config(data_root: pathlib.Path, out_dir: pathlib.Path, **overrides) -> 
     )
     values.update(overrides)
     return values
+
+
+def checkpoint_in(out_dir) -> dict:
+    """The run's out_dir/ckpt.pt, loaded as every reader must (weights_only)."""
+    import torch
+
+    return torch.load(pathlib.Path(out_dir) / "ckpt.pt", weights_only=True)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two checkpoints at the same iteration with bit-identical weights and AdamW moments."""
+    import torch
+
+    assert a["iter_num"] == b["iter_num"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])

@@ -11,13 +11,12 @@ import time
 
 import pytest
 import ray
-import torch
 
 from nanogpt_ray import cli
 from nanogpt_ray.checkpoint import CKPT_NAME
 from nanogpt_ray.cluster.train import launch as train
 from nanogpt_ray.config import TrainConfig, from_dict
-from tests.train_data import make_dataset, tiny_config
+from tests.train_data import assert_same_training_state, checkpoint_in, make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray
 
@@ -51,17 +50,6 @@ def _cfg(env, out_dir, prefix, **overrides) -> TrainConfig:
     return from_dict(TrainConfig, tiny_config(env["data_root"], out_dir, **values))
 
 
-def _weights(out_dir) -> dict:
-    return torch.load(os.path.join(out_dir, CKPT_NAME), weights_only=True)
-
-
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a["iter_num"] == b["iter_num"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for pid, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(bucket_cluster, tmp_path_factory):
@@ -85,7 +73,7 @@ def test_two_workers_checkpoint_to_the_bucket_with_data_from_the_bucket(bucket_c
     checkpoints = [k for k in keys if k.endswith("/" + CKPT_NAME)]
     assert len(checkpoints) == 2  # num_checkpoints_to_keep
     assert not [p for p in root.rglob("s3:*")] and not (root / "out" / "ray").exists()
-    assert _weights(root / "out")["iter_num"] == 100  # out_dir keeps its nanoGPT meaning: the latest ckpt.pt
+    assert checkpoint_in(root / "out")["iter_num"] == 100  # out_dir keeps its nanoGPT meaning: the latest ckpt.pt
     cached = list(bucket_cluster["cache"].glob("nanogpt-ray/datasets/*/train.bin"))
     assert len(cached) == 1  # both workers of the node share one copy
 
@@ -125,7 +113,7 @@ def test_rerun_without_out_dir_and_a_killed_worker_both_continue_from_the_bucket
     result = outcome["result"]
     assert result.metrics["iter"] == 100
     assert result.metrics["resumed_from"] >= 40  # the restarted group started from the rerun's bucket checkpoint
-    _assert_same_state(_weights(out_dir), _weights(uninterrupted[1] / "out"))
+    assert_same_training_state(checkpoint_in(out_dir), checkpoint_in(uninterrupted[1] / "out"))
 
 
 @pytest.mark.timeout(120)

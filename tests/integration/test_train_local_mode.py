@@ -9,11 +9,10 @@ import pytest
 import ray
 import torch
 
-from nanogpt_ray.checkpoint import CKPT_NAME
 from nanogpt_ray.cluster.train import LocalModeRuntime, launch
 from nanogpt_ray.config import TrainConfig, from_dict
 from tests.nan_injection import nan_runtime
-from tests.train_data import make_dataset, tiny_config
+from tests.train_data import assert_same_training_state, checkpoint_in, make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray  # imports Ray Train (starts no cluster)
 
@@ -34,23 +33,12 @@ def _cfg(data_root, out_dir, **overrides) -> TrainConfig:
     return from_dict(TrainConfig, tiny_config(data_root, out_dir, **overrides))
 
 
-def _weights(out_dir) -> dict:
-    return torch.load(os.path.join(out_dir, CKPT_NAME), weights_only=True)
-
-
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a["iter_num"] == b["iter_num"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for pid, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_root, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("full") / "out"
     launch(_cfg(data_root, out_dir, max_iters=20, **RESUME))
-    return _weights(out_dir)
+    return checkpoint_in(out_dir)
 
 
 @pytest.mark.timeout(300)
@@ -64,10 +52,10 @@ def test_one_worker_trains_in_this_process_without_a_ray_cluster(data_root, tmp_
     assert result.metrics["iter"] == 10 and result.metrics["world_size"] == 1
     assert result.metrics["val_loss"] < 4.1  # starts at ln(65) ~ 4.17
     assert result.metrics["cpu_threads"] == torch.get_num_threads()  # torch's default threads, as nanoGPT
-    assert _weights(tmp_path / "out")["iter_num"] == 10  # out_dir/ckpt.pt is the checkpoint that lasts
+    assert checkpoint_in(tmp_path / "out")["iter_num"] == 10  # out_dir/ckpt.pt is the checkpoint that lasts
     assert not (tmp_path / "out" / "ray").exists()  # nothing persisted to a storage_path
     if wandb:
-        run_id = _weights(tmp_path / "out")["resume"]["wandb_run_id"]
+        run_id = checkpoint_in(tmp_path / "out")["resume"]["wandb_run_id"]
         run_file = next((tmp_path / "out" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
         assert b"val/loss" in run_file.read_bytes()
 
@@ -78,7 +66,7 @@ def test_local_mode_resume_gives_the_same_weights_as_an_uninterrupted_run(uninte
     launch(_cfg(data_root, out_dir, max_iters=10, **RESUME))
     result = launch(_cfg(data_root, out_dir, max_iters=20, init_from="resume", **RESUME))  # rerun to resume
     assert result.metrics["resumed_from"] == 10
-    _assert_same_state(_weights(out_dir), uninterrupted)
+    assert_same_training_state(checkpoint_in(out_dir), uninterrupted)
 
 
 @pytest.mark.timeout(300)
@@ -87,7 +75,7 @@ def test_local_mode_nan_loss_rolls_back_to_out_dir_checkpoint_and_replays(uninte
     result = launch(_cfg(data_root, tmp_path / "out", max_iters=20, nan_skip_batches=False, **RESUME),
                     nan_runtime(LocalModeRuntime, 12))
     assert result.metrics["nan_rollbacks"] == 1
-    _assert_same_state(_weights(tmp_path / "out"), uninterrupted)
+    assert_same_training_state(checkpoint_in(tmp_path / "out"), uninterrupted)
 
 
 @pytest.mark.timeout(300)
@@ -103,7 +91,7 @@ def test_torchrun_two_processes_equal_one_process_with_accumulation_two(data_roo
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=250)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "local mode" in proc.stdout and "2 workers x 1 each" in proc.stdout
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    one, two = checkpoint_in(tmp_path / "one"), checkpoint_in(tmp_path / "two")
     assert two["iter_num"] == 5 and len(two["resume"]["torch_rng"]) == 2  # rank 0 wrote every rank's state
     for key, value in one["model"].items():
         assert (value - two["model"][key]).abs().max().item() <= 1e-6, key
