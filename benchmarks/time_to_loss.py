@@ -122,7 +122,7 @@ def main() -> None:
                         "reaches: seconds, figures meaningless")
     args = parser.parse_args()
     if args.smoke:
-        args.sweep_iters, args.eval_interval, args.eval_iters, args.target = 2, 2, 1, 100.0
+        args.sweep_iters, args.eval_interval, args.eval_iters, args.target, args.repeats = 2, 2, 1, 100.0, 1
         for name in RECIPES:
             setattr(args, f"budgets_{name}", "2")
 

@@ -110,6 +110,8 @@ def cmd_tune(argv: list[str]) -> int:
     from .cluster.tune import run_sweep
 
     report = run_sweep(sweep)
+    if report is None:  # --dry_run
+        return 0
     return 0 if report.rows and report.rows[0]["best_val_loss"] is not None else 1
 
 
@@ -122,7 +124,11 @@ def cmd_sample(argv: list[str]) -> int:
                           footer=PROMPTS_SCHEMA))
         return 0
     cfg = load(SampleConfig, argv)
-    if cfg.prompts:
+    if cfg.dry_run:
+        from .plan import sample_plan
+
+        print(sample_plan(cfg))
+    elif cfg.prompts:
         from .cluster.sampling import sample_file
 
         sample_file(cfg)
@@ -141,6 +147,11 @@ def cmd_serve(argv: list[str]) -> int:
                                  ".completions.create(model=..., prompt=...)"))
         return 0
     cfg = load(ServeConfig, argv)  # before importing Ray, so a typo is reported at once
+    if cfg.dry_run:
+        from .plan import serve_plan
+
+        print(serve_plan(cfg))
+        return 0
     from .checkpoint import load_model
 
     load_model(cfg.init_from, cfg.out_dir, cfg.ckpt_path)  # a missing checkpoint fails here in one line, not in a replica

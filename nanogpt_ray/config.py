@@ -317,6 +317,9 @@ class TrainConfig(ModelOptions):
     evaluations and checkpoints only. Log lines print every log_interval regardless."""
     verbose: bool = False
     """Print where the seconds go from the command to the first step (imports, Ray, workers, data, model, eval)."""
+    dry_run: bool = False
+    """Make every check a run makes before it starts (data, resume, storage, device, whether the workers fit), print
+    the plan (mode, workers, devices, tokens per iteration, storage) and exit without starting Ray or training."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -495,6 +498,9 @@ class SampleConfig(SamplingParams, CheckpointSource):
     """Ray cluster to join for --prompts; '' uses RAY_ADDRESS, else starts a local cluster."""
     dashboard: bool = False
     """Start Ray's dashboard with the local cluster --prompts starts (a joined cluster keeps its own)."""
+    dry_run: bool = False
+    """Load and check the model, the prompt (or the prompts file and the output), print the plan and exit without
+    generating or starting Ray. OpenAI's GPT-2 weights are named, not downloaded."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -553,6 +559,9 @@ class ServeConfig(CheckpointSource):
     """Ray cluster to deploy on (or RAY_ADDRESS); empty starts a local one."""
     dashboard: bool = False
     """Start Ray's dashboard (Serve's page included) with the local cluster serve starts."""
+    dry_run: bool = False
+    """Load and check the model and that the port is free, print the plan (endpoint, replicas, cluster) and exit
+    without starting Ray or serving."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -924,6 +933,9 @@ class SweepConfig:
     """Tokens each trial trains on (sets max_iters from tokens_per_iter); 0 keeps max_iters."""
     address: str = ""
     """Ray cluster to join; '' uses RAY_ADDRESS, else starts a local cluster."""
+    dry_run: bool = False
+    """Make the sweep's checks (configs, dataset, storage, whether a trial's workers fit), print the plan (trials, how
+    many at once, search space, scheduler) and exit without starting Ray."""
 
     def __post_init__(self) -> None:
         _check_choices(self)

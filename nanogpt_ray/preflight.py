@@ -57,10 +57,11 @@ def check_dataset(cfg: TrainConfig) -> None:
         raise LaunchError(str(e)) from None
 
 
-def check_storage(cfg: TrainConfig) -> None:
-    """Write and delete a probe where checkpoints will be persisted (a folder, or an object under a URI)."""
+def check_storage(cfg: TrainConfig, create: bool = True) -> None:
+    """Write and delete a probe where checkpoints will be persisted (a folder, or an object under a URI);
+    create=False (a dry run) creates no local folder."""
     try:
-        check_writable(cfg.resolved_storage_path(), "storage_path")
+        check_writable(cfg.resolved_storage_path(), "storage_path", create=create)
     except StorageError as e:
         raise LaunchError(str(e)) from None
 

@@ -133,12 +133,16 @@ def load_model_for_sampling(init_from: str, out_dir: str, ckpt_path: str, data_r
         enable_tf32()
     model, ckpt = load_model(init_from, out_dir, ckpt_path, device)
     tokenizer = resolve_tokenizer(ckpt, init_from, data_root)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise SampleError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                          f"{model.config.vocab_size}: the checkpoint's dataset meta does not belong to it")
+    check_tokenizer_fits(tokenizer, model)
     sampler = Sampler(model, tokenizer, device, autocast_context(device, dtype))
     decode_threads(sampler, threads)
     return sampler, ckpt
+
+
+def check_tokenizer_fits(tokenizer, model) -> None:
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise SampleError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                          f"{model.config.vocab_size}: the checkpoint's dataset meta does not belong to it")
 
 
 # Threads chosen by probe_threads, per model shape and dtype: one probe per process.

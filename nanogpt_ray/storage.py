@@ -239,12 +239,13 @@ def within(path: str, key: str, probe, timeout_s: float):
     return outcome.get("value")
 
 
-def check_writable(path: str, key: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def check_writable(path: str, key: str, timeout_s: float = PROBE_TIMEOUT_S, create: bool = True) -> None:
     """Write and delete a probe object under `path`, within timeout_s; one line naming the key, the URI and
     the environment variable to check when that fails (unknown scheme, no bucket, no credentials, no answer,
-    no write permission)."""
+    no write permission). create=False (a dry run) leaves a local path as it was: its nearest existing folder
+    must be writable."""
     if not is_uri(path):
-        return check_local_writable(path, key)
+        return check_local_writable(path, key, create)
 
     def probe():
         fs, inner = filesystem(path)
@@ -256,9 +257,17 @@ def check_writable(path: str, key: str, timeout_s: float = PROBE_TIMEOUT_S) -> N
     within(path, key, probe, timeout_s)
 
 
-def check_local_writable(path: str, key: str) -> None:
+def check_local_writable(path: str, key: str, create: bool = True) -> None:
     import tempfile
 
+    if not create:
+        folder = os.path.abspath(path)
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+            raise StorageError(f"{key}={path!r} is not writable ({folder} is not a writable folder); "
+                               f"pass --{key}=<a writable shared folder or s3:// URI>")
+        return
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".nanogpt-write-probe-"):

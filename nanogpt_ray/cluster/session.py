@@ -208,6 +208,20 @@ def wait_until_ready(actors: list, timeout_s: float, why_not: str) -> list:
     return ray.get(ready)
 
 
+def nodes_for_plan(address: str = "") -> tuple[list[dict], str]:
+    """For --dry_run: (alive nodes, which cluster) of the cluster a command would join (joined to ask, nothing
+    started on it), or this machine's, standing for the local cluster the command would start (Ray not started)."""
+    from ..plan import this_machine_nodes
+
+    if ray.is_initialized():
+        return [n for n in ray.nodes() if n.get("Alive")], "the Ray cluster this process is connected to"
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if not address or address == "local":
+        return this_machine_nodes(), "a local Ray cluster this command would start"
+    with ray_session(address):
+        return [n for n in ray.nodes() if n.get("Alive")], f"the Ray cluster at {address}"
+
+
 @contextmanager
 def ray_session(address: str = "", **connect_kwargs):
     """connect(), and ray.shutdown() on the way out if this session started Ray."""

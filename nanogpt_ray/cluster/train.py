@@ -24,21 +24,31 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..checkpoint import CKPT_NAME
 from ..config import TrainConfig, UserError, from_dict, to_dict
-from ..device import choose_device
+from ..device import choose_device, resolve_device, resolve_dtype
 from ..files import fsync_dir
-from ..launch_mode import LaunchMode, choose_launch_mode
+from ..launch_mode import LaunchMode, choose_launch_mode, torchrun_world_size
+from ..plan import describe_cluster, describe_resources, train_plan
 from ..preflight import (
     LaunchError,
     check_dataset,
     check_local,
     check_placement,
     check_resume,
+    check_storage,
     run_dir,
     run_has_checkpoint,
+    worker_resources,
 )
 from ..storage import is_uri
 from ..train_loop import PROCESS_T0, STARTUP_T0_ENV, Runtime, mark_startup, train
-from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, TRACEBACKS_ENV, ray_session, user_error_in, worker_env_vars
+from .session import (
+    DEFAULT_HEALTH_CHECK_INTERVAL_S,
+    TRACEBACKS_ENV,
+    nodes_for_plan,
+    ray_session,
+    user_error_in,
+    worker_env_vars,
+)
 
 # Ray Train V2 routes workers' print() through its logger (each of our log lines then reached the console
 # twice) and logs every report at INFO; a training log should read like nanoGPT's. Set either to 1 to undo.
@@ -233,6 +243,8 @@ def launch(cfg: TrainConfig, runtime_class: type | None = None):
         os.environ.setdefault(TRACEBACKS_ENV, "1")
     mark_startup(cfg, Runtime(), "driver imported")
     mode = choose_launch_mode(cfg, os.environ, ray_connected=ray.is_initialized())
+    if cfg.dry_run:
+        return dry_run(cfg, mode)
     if mode.local:
         return launch_local(cfg, mode, runtime_class)
     check_local(cfg)
@@ -260,6 +272,27 @@ def launch(cfg: TrainConfig, runtime_class: type | None = None):
         if result.checkpoint is not None:
             print(f"latest checkpoint: {result.checkpoint.path} (and {os.path.join(cfg.out_dir, CKPT_NAME)})", flush=True)
         return result
+
+
+def dry_run(cfg: TrainConfig, mode: LaunchMode) -> None:
+    """--dry_run: the checks either mode makes before its first worker (data, resume, storage, device, whether
+    the workers fit), then the plan; no Ray cluster is started and nothing is trained."""
+    check_dataset(cfg)
+    check_resume(cfg)
+    if mode.local:
+        device = resolve_device(cfg.device)  # what the loop will pick: a GPU asked for and absent fails here
+        world = torchrun_world_size(os.environ)
+        workers = "this process" if world == 1 else f"{world} torchrun processes (DDP over them)"
+        device_line = f"{device}, {resolve_dtype(cfg.dtype, device)}"
+    else:
+        check_storage(cfg, create=False)
+        nodes, where = nodes_for_plan(cfg.address)
+        cfg, use_gpu = check_placement(cfg, nodes)
+        count = f"{cfg.min_workers}..{cfg.max_workers} (elastic)" if cfg.is_elastic() else str(cfg.num_workers)
+        workers = f"{count} x ({describe_resources(worker_resources(cfg, use_gpu))}) on {describe_cluster(nodes, where)}"
+        gpu_dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16 where the GPU has it, else float16"
+        device_line = f"cuda (one GPU per worker), {gpu_dtype}" if use_gpu else f"cpu, {resolve_dtype(cfg.dtype, 'cpu')}"
+    print(train_plan(cfg, mode.local, mode.start_line(), workers, device_line), flush=True)
 
 
 def launch_local(cfg: TrainConfig, mode: LaunchMode, runtime_class: type | None = None):

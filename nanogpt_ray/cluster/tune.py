@@ -19,7 +19,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ..config import SweepConfig, TrainConfig
-from ..preflight import check_dataset, resolve_use_gpu
+from ..plan import describe_cluster, sweep_plan, total_resources
+from ..preflight import check_dataset, check_placement, resolve_use_gpu
 from ..storage import check_writable, exists, is_uri, join
 from ..sweep import (
     DRIVER_CPUS,
@@ -38,8 +39,8 @@ from ..sweep import (
     trial_train_config,
     write_report,
 )
-from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, connect, user_errors_in_one_line, worker_env_vars
-from .train import build_trainer, check_cluster
+from .session import DEFAULT_HEALTH_CHECK_INTERVAL_S, connect, nodes_for_plan, user_errors_in_one_line, worker_env_vars
+from .train import build_trainer
 
 
 def train_driver_fn(config: dict, base: dict | None = None, settings: TrialSettings | None = None) -> None:
@@ -88,8 +89,9 @@ def _tune_space(axes: dict[str, tuple]) -> dict:
     return space
 
 
-def run_sweep(sweep: SweepConfig) -> SweepReport:
-    """Run (or resume) the sweep on the connected Ray cluster, then write results, best config and plots."""
+def run_sweep(sweep: SweepConfig) -> SweepReport | None:
+    """Run (or resume) the sweep on the connected Ray cluster, then write results, best config and plots.
+    --dry_run: the same checks, then the plan (None), with no Ray started."""
     base = base_train_config(sweep)
     axes = search_axes(sweep, base)
     scheduler = "none" if sweep.scaling_law else sweep.scheduler
@@ -99,14 +101,26 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
     sweep_dir = sweep.sweep_dir() if is_uri(sweep.sweep_dir()) else os.path.abspath(sweep.sweep_dir())
 
     check_dataset(base)  # a missing dataset fails here in one line, not in every trial
-    check_writable(sweep.storage_path, "storage_path")  # a bucket: unknown scheme, no bucket, no credentials...
-    init_ray(sweep)
+    # a bucket: unknown scheme, no bucket, no credentials...; a dry run creates no local folder
+    check_writable(sweep.storage_path, "storage_path", create=not sweep.dry_run)
+    if exists(join(sweep_dir, "tuner.pkl")) and not sweep.resume:
+        raise SweepError(f"sweep {sweep_dir} already exists; pass --resume=True to continue it, "
+                         "or choose another --sweep_name")
+    if sweep.dry_run:  # the local cluster this would start is this machine; a named one is asked, not used
+        nodes, where = nodes_for_plan(sweep.address)
+    else:
+        init_ray(sweep)
+        nodes, where = [n for n in ray.nodes() if n.get("Alive")], "the Ray cluster"
+    resources = total_resources(nodes)
     first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=1.0)
-    use_gpu = resolve_use_gpu(first_trial, ray.cluster_resources().get("GPU", 0))
-    sweep = share_out_cpus(sweep, ray.cluster_resources(), n_trials, use_gpu=use_gpu)
+    use_gpu = resolve_use_gpu(first_trial, resources.get("GPU", 0))
+    sweep = share_out_cpus(sweep, resources, n_trials, use_gpu=use_gpu)
     first_trial = trial_train_config(base, {}, num_workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker)
-    concurrency = trial_concurrency(sweep, ray.cluster_resources(), n_trials, use_gpu=use_gpu)
-    check_cluster(first_trial)  # the workers of one trial fit on the nodes as they are split up
+    concurrency = trial_concurrency(sweep, resources, n_trials, use_gpu=use_gpu)
+    check_placement(first_trial, nodes)  # the workers of one trial fit on the nodes as they are split up
+    if sweep.dry_run:
+        print(sweep_plan(sweep, base, axes, n_trials, concurrency, describe_cluster(nodes, where), sweep_dir), flush=True)
+        return None
     print(f"sweep {sweep.sweep_name}: {n_trials} trials, {concurrency} at a time "
           f"({sweep.workers_per_trial} workers x {sweep.cpus_per_worker:g} CPU each), results in {sweep_dir}")
     # Train reports val_loss only at eval points; the other reports (train loss, lr) must not fail Tune's check.
@@ -121,9 +135,6 @@ def run_sweep(sweep: SweepConfig) -> SweepReport:
         print(f"resuming sweep {sweep_dir}: finished trials are kept, unfinished ones continue")
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if exists(join(sweep_dir, "tuner.pkl")) and not sweep.resume:
-            raise SweepError(f"sweep {sweep_dir} already exists; pass --resume=True to continue it, "
-                             "or choose another --sweep_name")
         sched = None
         if scheduler == "asha":
             grace = sweep.grace_period or 2 * base.eval_interval
