@@ -26,6 +26,8 @@ def choose_device(requested: str, local_rank: int, assigned_index: int | None, c
     'cuda' without an index means "my GPU": the assigned one under Ray, else cuda:<local_rank> (torchrun: one
     process per GPU), so workers of a node never pile onto one GPU. An explicit 'cuda:N' is taken as given
     and must exist."""
+    if requested == "mps":
+        check_mps()
     if requested in ("cpu", "mps"):
         return requested
     if requested == "auto" and cuda_devices == 0:
@@ -51,9 +53,14 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(f"device={device!r} but this machine has no CUDA GPU; use device='cpu' or 'auto'")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise DeviceError("device='mps' but MPS is not available here; use device='cpu' or 'auto'")
+    if device == "mps":
+        check_mps()
     return device
+
+
+def check_mps() -> None:
+    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError("device='mps' but MPS is not available here; use device='cpu' or 'auto'")
 
 
 def resolve_dtype(dtype: str, device: str) -> str:

@@ -17,11 +17,17 @@ ONE_LINE = ("nanogpt-ray train: error: loss is not finite at iteration 1 and the
 
 
 def diverge(tmp_path, num_workers: int, **env) -> subprocess.CompletedProcess:
+    return train(tmp_path, dict(num_workers=num_workers), **env)
+
+
+def train(tmp_path, overrides: dict, **env) -> subprocess.CompletedProcess:
+    """`nanogpt-ray train` of a tiny model that diverges at once (lr 1e9), with `overrides`, as a person runs it."""
     make_dataset(tmp_path / "data")
     flags = dict(dataset="tiny", data_root=tmp_path / "data", out_dir=tmp_path / "out", n_layer=1, n_head=2, n_embd=32,
-                 block_size=16, batch_size=4, gradient_accumulation_steps=2, num_workers=num_workers, device="cpu",
+                 block_size=16, batch_size=4, gradient_accumulation_steps=2, num_workers=1, device="cpu",
                  dtype="float32", compile=False, learning_rate=1e9, warmup_iters=0, max_iters=20, eval_interval=10,
                  log_interval=1, eval_iters=2, data_order="worker_invariant")
+    flags.update(overrides)
     # a person's environment: Ray's own defaults, only usage stats off (RAY_ADDRESS=local: never another cluster)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "NANOGPT_RAY_"))}
     return subprocess.run([sys.executable, "-m", "nanogpt_ray.cli", "train", *(f"--{k}={v}" for k, v in flags.items())],
@@ -39,3 +45,26 @@ def test_a_diverged_run_ends_in_one_line_with_no_traceback_in_its_output(tmp_pat
     assert "Traceback" not in output and 'File "' not in output and "Error in" not in output, output[-4000:]
     assert output.count("loss is not finite") == 1, output[-4000:]
     assert ("Ray Train workers" if num_workers == 2 else "local mode") in done.stdout
+
+
+# Other mistakes a person makes, each caught at a different place: the config parser, the driver's checks before
+# any worker, and the loop itself (local mode runs it inside Ray Train's machinery, which must not add a traceback).
+OTHER_MISTAKES = {
+    "a typo in a key": (dict(lerning_rate=1e-3), "unknown config key 'lerning_rate'"),
+    "a dataset that is not there": (dict(dataset="nope"), "nope"),
+    "a block larger than the data": (dict(block_size=30_000), "block_size"),
+    "a resume with nothing to resume": (dict(init_from="resume"), "no checkpoint"),
+    "a device this machine does not have": (dict(device="mps"), "device='mps'"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mistake", OTHER_MISTAKES)
+def test_other_mistakes_end_in_one_line_too(tmp_path, mistake):
+    overrides, named = OTHER_MISTAKES[mistake]
+    done = train(tmp_path, overrides)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("nanogpt-ray train: error: ") and named in errors[0], output[-3000:]
+    assert "Traceback" not in output and 'File "' not in output, output[-3000:]
