@@ -99,9 +99,9 @@ HEADLINES = (
              "4x4x128, ctx 64, batch 12, 500 iterations, 3 interleaved repeats, medians", training),
     Headline("modern recipe: wall time to val loss 1.88", "time_to_loss.py",
              ("--recipes=ac", "--sweep_iters=0", "--lr_a=2e-3", "--lr_c=4e-3", "--muon_lr_c=0.02", "--budgets_a=2000",
-              "--budgets_c=500"),
+              "--budgets_c=500", "--repeats=3"),
              "tiny Shakespeare (char), 4x4x128; (a) nanoGPT's recipe at its own 2000 iterations, (c) modern + Muon "
-             "planned for 500; one run at a time, torch's default threads",
+             "planned for 500; 3 interleaved repeats, medians, one run at a time, torch's default threads",
              lambda out: f"{measured(cell(out, '(c)', 'vs (a)'))} of nanoGPT's recipe"),
     Headline("sampling 500 tokens", "sample_speed.py", ("--no_ray",),
              "6x6x384, ctx 256, random weights, one torch thread", sample_speed),
