@@ -61,7 +61,12 @@ def _wait_for(predicate, timeout_s: float, what: str, out_dir) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_elastic_run_shrinks_when_a_node_goes_and_grows_when_one_comes(ray_cluster_2_nodes, data_root, tmp_path):
+def test_elastic_run_shrinks_when_a_node_goes_and_grows_when_one_comes(ray_cluster_2_nodes, data_root, tmp_path,
+                                                                       monkeypatch):
+    # Ray Train learns of the lost node from its autoscaling coordinator, which looks at the cluster every 20 s: until
+    # then it asks for two workers again and waits this long for a placement group that cannot come (Ray's default:
+    # 60 s) before it asks anew; a failed start is retried without end (build_trainer's startup_retries)
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
     cluster = ray_cluster_2_nodes
     out_dir = tmp_path / "elastic"
     cfg = from_dict(TrainConfig, tiny_config(
