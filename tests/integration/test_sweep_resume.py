@@ -264,5 +264,6 @@ def test_written_best_config_loads_and_trains(resumed_sweep, tmp_path):
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (2, 2, 64)
     result = train(cfg)
     assert result.metrics["iter"] == 10
+    assert result.metrics["cpu_threads"] == 1  # an explicit cpus_per_worker wins over the 2 CPUs a lone worker gets
     assert math.isfinite(result.metrics["val_loss"])
     assert os.path.exists(tmp_path / "out" / "ckpt.pt")

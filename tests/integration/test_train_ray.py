@@ -243,5 +243,5 @@ def test_cpu_workers_train_on_the_cpus_they_are_given(ray_start_2_cpus, two_work
     assert two_workers.metrics["cpu_threads"] == 1
     one_worker = train(_cfg(data_root, tmp_path / "one", num_workers=1, max_iters=4, eval_interval=2))
     assert one_worker.metrics["cpu_threads"] == 2 and one_worker.metrics["world_size"] == 1
-    pinned = train(_cfg(data_root, tmp_path / "pinned", num_workers=1, max_iters=2, eval_interval=2, cpus_per_worker=1))
-    assert pinned.metrics["cpu_threads"] == 1  # an explicit cpus_per_worker wins
+    # an explicit cpus_per_worker wins: test_sweep_resume.py's best-config run (1 worker, cpus_per_worker=1, on 2
+    # CPUs) asserts its one thread, a run of its own here cost ~10 s
