@@ -1,5 +1,7 @@
-"""nanoGPT's loop under Ray Train on a real 2-CPU local cluster (gloo, CPU, fp32)."""
+"""nanoGPT's loop under Ray Train on a real 2-CPU local cluster (gloo, CPU, fp32); `bench --scaling=True`, the same
+loop under TorchTrainer with 1 and 2 workers, on the same cluster."""
 
+import json
 import os
 import signal
 import threading
@@ -269,3 +271,24 @@ def test_cpu_workers_train_on_the_cpus_they_are_given(ray_start_2_cpus, two_work
     assert one_worker.metrics["cpu_threads"] == 2 and one_worker.metrics["world_size"] == 1
     # an explicit cpus_per_worker wins: test_sweep_resume.py's best-config run (1 worker, cpus_per_worker=1, on 2
     # CPUs) asserts its one thread, a run of its own here cost ~10 s
+
+
+# ---------------------------------------------------------------------------- bench --scaling=True
+
+@pytest.mark.timeout(400)
+def test_scaling_with_1_and_2_workers_returns_two_rows_with_tokens_per_s(ray_start_2_cpus, tmp_path, capsys):
+    out = tmp_path / "scaling.json"
+    settings = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, real_data=False, compile=False,
+                    device="cpu", warmup_steps=1, timed_steps=3, scaling=True, max_workers=2,
+                    gradient_accumulation_steps=2, json=str(out))
+    assert cli.cmd_bench([f"--{key}={value}" for key, value in settings.items()]) == 0
+    rows = json.loads(out.read_text())
+    assert [row["workers"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] <= 1
+        assert row["tokens_per_iter"] == 2 * 4 * 32  # the same global batch whatever the worker count
+        assert row["tokens_per_s"] == pytest.approx(row["tokens_per_iter"] / (row["ms_per_iter"] / 1000), rel=1e-6)
+    assert rows[0]["scaling_efficiency"] == pytest.approx(1.0)
+    assert rows[1]["scaling_efficiency"] == pytest.approx(rows[1]["tokens_per_s"] / (2 * rows[0]["tokens_per_s"]))
+    printed = capsys.readouterr().out
+    assert "efficiency" in printed and f"{rows[1]['tokens_per_s']:,.0f}" in printed
