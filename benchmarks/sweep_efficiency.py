@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sweep_efficiency.py                  # 8 lrs, mini char model, 2 sweeps
     .venv/bin/python benchmarks/sweep_efficiency.py --max_iters=300  # quicker, noisier
-    .venv/bin/python benchmarks/sweep_efficiency.py --smoke          # 2 lrs, 4 iterations: proves it runs
+    .venv/bin/python benchmarks/sweep_efficiency.py --smoke          # 1 lr, 4 iterations: proves it runs
 
 Both sweeps train the same 8 learning rates (log-spaced, in a fixed shuffled order so that ASHA does not see
 them sorted) on character-level tiny Shakespeare with the same seed, so a trial that runs to the end reaches
@@ -36,7 +36,7 @@ from nanogpt_ray.prepare import prepare_shakespeare  # noqa: E402
 
 
 def learning_rates(low: float, high: float, count: int, seed: int) -> list[float]:
-    step = (high / low) ** (1 / (count - 1))
+    step = (high / low) ** (1 / (count - 1)) if count > 1 else 1.0  # one rate (--smoke): low
     lrs = [float(f"{low * step ** i:.3g}") for i in range(count)]
     random.Random(seed).shuffle(lrs)  # Tune starts grid points in order; a sorted grid would flatter or hurt ASHA
     return lrs
@@ -125,11 +125,11 @@ def main() -> None:
     parser.add_argument("--replay_orders", type=int, default=200, help="random start orders replayed on the grid's curves")
     parser.add_argument("--cpus_per_worker", type=float, default=0.99, help="0.99: two trials share 2 CPUs")
     parser.add_argument("--json", default="", help="also write the figures to this file")
-    parser.add_argument("--smoke", action="store_true", help="2 lrs, 4 iterations, the smallest preset: seconds of "
+    parser.add_argument("--smoke", action="store_true", help="1 lr, 4 iterations, the smallest preset: seconds of "
                         "training (plus Ray's start), figures meaningless")
     args = parser.parse_args()
-    if args.smoke:
-        args.num_lrs, args.max_iters, args.eval_interval, args.eval_iters = 2, 4, 2, 2
+    if args.smoke:  # one trial per sweep: each trial's driver, controller and worker start cost seconds of 2 cores
+        args.num_lrs, args.max_iters, args.eval_interval, args.eval_iters = 1, 4, 2, 2
         args.grace_period, args.reduction_factor, args.replay_orders, args.size = 2, 2, 2, "tiny"
     work = pathlib.Path(args.work)
     args.data_root, args.storage = work / "data", work / "sweeps"

@@ -29,3 +29,19 @@ def ray_cluster_2_nodes():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def speeches_dir(tmp_path_factory, shakespeare_path):
+    """Tiny Shakespeare's speeches as 24 txt files (a document each) and 2 line-mode files, one over 2 MB."""
+    root = tmp_path_factory.mktemp("speeches")
+    text = shakespeare_path.read_text(encoding="utf-8")
+    speeches = [s for s in text.split("\n\n") if s.strip()]
+    per = -(-len(speeches) // 24)
+    (root / "txt").mkdir()
+    for i in range(24):
+        (root / "txt" / f"{i:02d}.txt").write_text("\n\n".join(speeches[i * per:(i + 1) * per]))
+    (root / "lines").mkdir()
+    (root / "lines" / "a.txt").write_text(text + text.upper())
+    (root / "lines" / "b.txt").write_text(text[:200_000])
+    return root

@@ -76,12 +76,12 @@ def loopback_head():
                 assert time.time() < deadline, "the head's dashboard did not come up in 120 s"
                 time.sleep(0.5)
         yield address, env
-    finally:
+    finally:  # a test cluster holds nothing worth a graceful stop (SIGTERM waited out head.wait's 30 s here)
         try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
+        head.wait(timeout=30)
         for pid in _pids_naming(temp_dir):  # anything of this cluster that outlived the head (workers, agents)
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -1,5 +1,6 @@
-"""prepare on a real local Ray cluster: Ray Data output byte-identical to one process, the same documents in
-.txt/.jsonl/.parquet give the same tokens, errors cross Ray as one line. The CLI end to end without Ray:
+"""prepare on a real local Ray cluster: Ray Data output byte-identical to one process (line-mode txt cut into byte
+ranges across the tokenizer actors too), the same documents in .txt/.jsonl/.parquet give the same tokens, errors
+cross Ray as one line. The CLI's own Ray: test_prepare_ray_cli.py. The CLI end to end without Ray:
 tests/unit/test_prepare_single.py."""
 
 import json
@@ -116,3 +117,22 @@ def test_a_cluster_with_no_free_cpu_is_an_error_not_a_hang(ray_start_2_cpus, cor
         deadline = time.time() + 30
         while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
             time.sleep(0.2)
+
+
+OUTPUTS = ("train.bin", "val.bin", "meta.json")
+
+
+def outputs(folder: pathlib.Path) -> dict:
+    return {name: (folder / name).read_bytes() for name in OUTPUTS}
+
+
+@pytest.mark.timeout(180)
+def test_line_mode_byte_ranges_across_actors_match_one_process(ray_start_2_cpus, speeches_dir, tmp_path):
+    spec = str(speeches_dir / "lines" / "*.txt")
+    keys = dict(dataset="text", input=spec, txt_mode="line", chunk_mb=1, progress=False)  # a.txt: 3 units
+    single = prepare(PrepareConfig(data_root=str(tmp_path / "single"), parallel=False, **keys))
+    parallel = prepare(PrepareConfig(data_root=str(tmp_path / "ray"), parallel=True, **keys))
+    assert parallel == single
+    assert single["documents"] > 60_000 and single["val_tokens"] > 10_000
+    assert outputs(tmp_path / "ray" / "text") == outputs(tmp_path / "single" / "text")
+    assert sorted(os.listdir(tmp_path / "ray" / "text")) == sorted(OUTPUTS)

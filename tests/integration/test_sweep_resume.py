@@ -1,14 +1,20 @@
-"""A sweep whose driver (and the local Ray it started) is killed after some trials finished, then resumed.
+"""A 4-trial ASHA sweep whose driver (and the local Ray it started) is killed after some trials finished, then
+resumed; the finished sweep is the one the tests below read: ASHA, results, best config.
 
-Its own module, so that it runs after test_sweep.py has shut its Ray cluster down: with two Ray instances on
-one machine, Ray Train's placement-group cleaner (which finds the cluster through the State API's address
-auto-detection) fails with "Found multiple active Ray instances", the placement groups of finished trials
-leak, and the resumed sweep waits forever for CPUs.
+The killed sweep runs through the CLI (`python -m jobs.tune`) on a local Ray of its own; the resume runs here,
+through run_sweep, on a 2-CPU Ray this module starts only once the killed one is gone, so the resumed sweep's
+report is at hand. Its own module, so that it runs after test_sweep.py has shut its Ray cluster down: with two
+Ray instances on one machine, Ray Train's placement-group cleaner (which finds the cluster through the State
+API's address auto-detection) fails with "Found multiple active Ray instances", the placement groups of finished
+trials leak, and the resumed sweep waits forever for CPUs.
 """
 
+import contextlib
 import csv
 import glob
+import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +24,7 @@ import time
 import pytest
 import torch
 
+from nanogpt_ray.config import SweepConfig, TrainConfig, load_config
 from tests.sweep_data import TRAIN, write_dataset
 
 pytestmark = pytest.mark.ray
@@ -109,12 +116,24 @@ def resumed_from(content: bytes) -> int:
     return max((int(r.get("resumed_from", 0)) for r in rows), default=0)
 
 
-@pytest.mark.timeout(900)
-def test_interrupted_asha_sweep_resumes_unfinished_trials_from_their_checkpoints(data_root, tmp_path):
+# good learning rates start first; the tiny ones lose at ASHA's rung (grace_period) and stop there
+LEARNING_RATES = [3e-3, 1e-2, 1e-5, 3e-6]
+MAX_ITERS = 100
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(data_root, tmp_path_factory):
+    """The sweep, killed once a trial is done and another is part-way with a checkpoint, then resumed here.
+    Returns the resumed sweep's report and what the tests need of the killed one."""
+    import ray
+
+    from nanogpt_ray.cluster.tune import run_sweep
+
+    tmp_path = tmp_path_factory.mktemp("resume")
     storage = tmp_path / "sweeps"
     sweep_dir = str(storage / "killed")
-    overrides = dict(TRAIN, data_root=data_root, max_iters=100, lr_decay_iters=100)
-    args = [f"--train_overrides={overrides!r}", "--learning_rates=[1e-3, 2e-3, 3e-3, 4e-3]", "--model_sizes=tiny",
+    overrides = dict(TRAIN, data_root=data_root, max_iters=MAX_ITERS, lr_decay_iters=MAX_ITERS)
+    args = [f"--train_overrides={overrides!r}", f"--learning_rates={LEARNING_RATES!r}", "--model_sizes=tiny",
             "--scheduler=asha", "--grace_period=50", "--reduction_factor=2", "--cpus_per_worker=0.99",
             f"--storage_path={storage}", "--sweep_name=killed"]
     log_path = tmp_path / "sweep.log"
@@ -137,23 +156,114 @@ def test_interrupted_asha_sweep_resumes_unfinished_trials_from_their_checkpoints
         driver.wait()
     statuses = trial_statuses(sweep_dir)
     finished = sorted(t for t, s in statuses.items() if s == "TERMINATED")
-    assert 1 <= len(finished) < 4, statuses
     before = result_files(sweep_dir)
 
-    resumed = sweep_cli([*args, "--resume=True"], log_path)
-    assert resumed.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    # the resume, on a fresh Ray of this process's own (the killed one is gone: one Ray instance at a time)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=True,
+             runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+                                          # a loaded shared machine can take over a minute to start a worker
+                                          "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}})
+    try:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            report = run_sweep(SweepConfig(train_overrides=overrides, learning_rates=LEARNING_RATES,
+                                           model_sizes=["tiny"], scheduler="asha", grace_period=50, reduction_factor=2,
+                                           workers_per_trial=1, cpus_per_worker=0.99, storage_path=str(storage),
+                                           sweep_name="killed", resume=True))
+        yield dict(report=report, sweep_dir=sweep_dir, statuses=statuses, finished=finished, midway=midway,
+                   before=before, log=log_path.read_text() + out.getvalue())
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.timeout(900)
+def test_interrupted_asha_sweep_resumes_unfinished_trials_from_their_checkpoints(resumed_sweep):
+    sweep_dir, finished, log = resumed_sweep["sweep_dir"], resumed_sweep["finished"], resumed_sweep["log"]
+    assert 1 <= len(finished) < 4, resumed_sweep["statuses"]
+    before = resumed_sweep["before"]
+    assert "resuming sweep" in log
 
     after = result_files(sweep_dir)
     for trial in finished:
         assert after[trial] == before[trial], f"finished trial {trial} ran again"
-    for trial, iteration in midway.items():
+    for trial, iteration in resumed_sweep["midway"].items():
         # it continued from its own checkpoint (that one or a later one), not from iteration 0
         assert resumed_from(after[trial]) >= iteration, (trial, iteration, after[trial][-2000:])
     with open(os.path.join(sweep_dir, "results.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
     summary = [(r["trial"], r["status"], r["iters_run"], r["error"]) for r in rows]
-    assert all(r["status"] == "done" and 50 <= int(r["iters_run"]) <= 100 for r in rows), \
-        f"{summary}\n{log_path.read_text()[-6000:]}"
-    assert any(int(r["iters_run"]) == 100 for r in rows)  # ASHA let the best ones finish
-    assert "resuming sweep" in log_path.read_text()
+    assert all(r["status"] == "done" and 50 <= int(r["iters_run"]) <= MAX_ITERS for r in rows), \
+        f"{summary}\n{log[-6000:]}"
+    assert any(int(r["iters_run"]) == MAX_ITERS for r in rows)  # ASHA let the best ones finish
+
+
+# ---------------------------------------------------------------------------- the resumed sweep's report
+
+
+def trial_val_losses(sweep_dir: str) -> dict[str, list[float]]:
+    """Every val_loss each trial reported, read straight from Tune's per-trial result.json files."""
+    out = {}
+    for path in glob.glob(os.path.join(sweep_dir, "train_driver_fn_*", "result.json")):
+        with open(path) as f:
+            results = [json.loads(line) for line in f if line.strip()]
+        out[results[0]["trial_id"]] = [r["val_loss"] for r in results if "val_loss" in r]
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_four_trial_sweep_completes_on_two_cpus(resumed_sweep):
+    report = resumed_sweep["report"]
+    rows = report.rows
+    assert len(rows) == 4
+    assert all(r["status"] == "done" for r in rows), rows
+    with open(report.results_csv) as f:
+        saved = list(csv.DictReader(f))
+    assert [r["trial"] for r in saved] == [r["trial"] for r in rows]
+    losses = [float(r["best_val_loss"]) for r in saved]
+    assert losses == sorted(losses)
+    for plot in report.plots:
+        assert plot.endswith(".png") and os.path.getsize(plot) > 1000
+    assert glob.glob(os.path.join(report.sweep_dir, "tensorboard", "*", "events.out.tfevents.*"))
+
+
+@pytest.mark.timeout(600)
+def test_asha_stops_at_least_one_trial_early(resumed_sweep):
+    rows = resumed_sweep["report"].rows
+    early = [r for r in rows if r["stopped_early"]]
+    assert early, rows
+    assert all(r["iters_run"] < MAX_ITERS for r in early)
+    assert any(r["iters_run"] == MAX_ITERS for r in rows)  # the best ran to the end
+    assert sum(r["iters_run"] for r in rows) < 4 * MAX_ITERS
+
+
+@pytest.mark.timeout(600)
+def test_reported_best_trial_has_lowest_val_loss(resumed_sweep):
+    report = resumed_sweep["report"]
+    reported = trial_val_losses(report.sweep_dir)
+    assert len(reported) == 4
+    lowest = min(min(v) for v in reported.values())
+    best = report.rows[0]
+    assert min(reported[best["trial"]]) == pytest.approx(lowest)
+    assert best["best_val_loss"] == pytest.approx(lowest)
+    assert best["learning_rate"] in (3e-3, 1e-2)  # a tiny lr cannot win in 100 iterations
+    assert os.path.isdir(report.best_checkpoint)
+
+
+@pytest.mark.timeout(600)
+def test_written_best_config_loads_and_trains(resumed_sweep, tmp_path):
+    from nanogpt_ray.cluster.train import launch as train
+
+    report = resumed_sweep["report"]
+    best = report.rows[0]
+    cfg = load_config(TrainConfig, [report.best_config_path],
+                      ["--max_iters=10", f"--out_dir={tmp_path / 'out'}", "--num_workers=1", "--cpus_per_worker=1"])
+    assert cfg.learning_rate == best["learning_rate"]
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (2, 2, 64)
+    result = train(cfg)
+    assert result.metrics["iter"] == 10
+    assert result.metrics["cpu_threads"] == 1  # an explicit cpus_per_worker wins over the 2 CPUs a lone worker gets
+    assert math.isfinite(result.metrics["val_loss"])
+    assert os.path.exists(tmp_path / "out" / "ckpt.pt")

@@ -1,7 +1,8 @@
-"""FSDP and elastic worker groups under Ray Train on two real Ray nodes (ray.cluster_utils.Cluster, 1 CPU each).
+"""Two real Ray nodes on this machine (ray.cluster_utils.Cluster, 1 CPU each), one module-scoped cluster for every
+test that needs two nodes: STRICT_SPREAD training, `bench --cluster`, FSDP and elastic worker groups under Ray Train.
 
-Order matters (one module-scoped cluster): the FSDP run uses both nodes as they are; the elastic run then
-removes one node mid-run and adds one back."""
+Order matters: the tests before the elastic run use both nodes as they are; the elastic run then removes one node
+mid-run and adds one back. A bad `bench --cluster` address failing fast starts no cluster: tests/unit/test_bad_input.py."""
 
 import threading
 import time
@@ -11,7 +12,7 @@ import torch
 
 from nanogpt_ray.checkpoint import CKPT_NAME
 from nanogpt_ray.cluster.train import launch as train
-from nanogpt_ray.config import TrainConfig, from_dict
+from nanogpt_ray.config import BenchConfig, TrainConfig, from_dict
 from tests.train_data import make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray
@@ -27,6 +28,42 @@ def data_root(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fast_reports(monkeypatch):
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+
+
+@pytest.mark.timeout(240)
+def test_strict_spread_puts_one_worker_on_each_node(ray_cluster_2_nodes, data_root, tmp_path):
+    import ray
+
+    cfg = from_dict(TrainConfig, tiny_config(data_root, tmp_path / "out", num_workers=2, max_iters=10,
+                                             placement_strategy="STRICT_SPREAD"))
+    result = train(cfg)
+    cluster_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(cluster_nodes) == 2
+    assert set(result.metrics["node_ids"]) == cluster_nodes  # every node ran a rank
+    assert result.metrics["iter"] == 10
+    assert torch.load(tmp_path / "out" / CKPT_NAME, weights_only=True)["iter_num"] == 10
+
+
+@pytest.mark.timeout(300)
+def test_cluster_mode_returns_one_row_per_node_with_distinct_node_ids(ray_cluster_2_nodes, capsys):
+    import ray
+
+    from nanogpt_ray.cluster.bench import bench_cluster
+
+    tiny = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, real_data=False, compile=False,
+                device="cpu", warmup_steps=1, timed_steps=3)
+    rows = bench_cluster(BenchConfig(**tiny, cluster=True))
+    node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(node_ids) == 2
+    assert len(rows) == 2
+    assert {row["node"] for row in rows} == node_ids  # each node benchmarked, each exactly once
+    for row in rows:
+        assert row["node_id"] == row["node"] and row["hostname"]
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] <= 1
+    out = capsys.readouterr().out
+    slowest = min(rows, key=lambda r: r["tokens_per_s"])
+    assert f"slowest node: {slowest['node']}" in out
+    assert "ms/iter" in out and "tokens/s" in out and "MFU" in out
 
 
 @pytest.mark.timeout(240)
@@ -61,7 +98,12 @@ def _wait_for(predicate, timeout_s: float, what: str, out_dir) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_elastic_run_shrinks_when_a_node_goes_and_grows_when_one_comes(ray_cluster_2_nodes, data_root, tmp_path):
+def test_elastic_run_shrinks_when_a_node_goes_and_grows_when_one_comes(ray_cluster_2_nodes, data_root, tmp_path,
+                                                                       monkeypatch):
+    # Ray Train learns of the lost node from its autoscaling coordinator, which looks at the cluster every 20 s: until
+    # then it asks for two workers again and waits this long for a placement group that cannot come (Ray's default:
+    # 60 s) before it asks anew; a failed start is retried without end (build_trainer's startup_retries)
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
     cluster = ray_cluster_2_nodes
     out_dir = tmp_path / "elastic"
     cfg = from_dict(TrainConfig, tiny_config(
