@@ -97,32 +97,3 @@ def test_scaling_with_accumulation_that_does_not_divide_is_one_line_before_ray_s
     assert len(lines) == 1 and "--gradient_accumulation_steps=6" in lines[0], result.stderr
     assert "Ray" not in result.stdout  # failed before any cluster was started
 
-
-@pytest.mark.timeout(240)
-def test_bench_and_the_training_loop_time_the_same_step_within_5_percent(tmp_path):
-    import statistics
-
-    import torch
-
-    from nanogpt_ray.config import TrainConfig, from_dict
-    from nanogpt_ray.train_loop import run_bare
-    from tests.train_data import make_dataset, tiny_config
-
-    make_dataset(tmp_path / "data")
-    shape = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, dataset="tiny")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # both time the same thread; one thread also keeps a busy shared machine from skewing either
-    bench_ms, loop_ms = [], []
-    try:
-        for repeat in range(5):  # interleaved, so both see the same load
-            bench = run_bench(BenchConfig(**shape, data_root=str(tmp_path / "data"), compile=False, device="cpu",
-                                          dtype="float32", warmup_steps=3, timed_steps=20), verbose=False)
-            bench_ms.append(bench["ms_per_iter"])
-            loop = run_bare(from_dict(TrainConfig, tiny_config(
-                tmp_path / "data", tmp_path / f"out{repeat}", **shape, gradient_accumulation_steps=1, max_iters=25,
-                log_interval=5, eval_interval=1000, eval_iters=1, always_save_checkpoint=False)))
-            loop_ms.extend(h["ms_per_iter"] for h in loop.history if "ms_per_iter" in h and h["iter"] > 5)
-    finally:
-        torch.set_num_threads(threads)
-    ratio = statistics.median(loop_ms) / statistics.median(bench_ms)
-    assert 0.95 <= ratio <= 1.05, (ratio, bench_ms, loop_ms)
