@@ -19,7 +19,7 @@ from nanogpt_ray.preflight import LaunchError
 from nanogpt_ray.train_loop import run_bare
 from tests.nan_injection import nan_runtime
 from tests.nanogpt_contract import assert_nanogpt_reads
-from tests.train_data import make_dataset, tiny_config
+from tests.train_data import assert_same_training_state, checkpoint_in, make_dataset, tiny_config
 
 pytestmark = pytest.mark.ray
 
@@ -35,10 +35,6 @@ def _cfg(data_root, out_dir, **overrides) -> TrainConfig:
     return from_dict(TrainConfig, tiny_config(data_root, out_dir, **overrides))
 
 
-def _weights(out_dir) -> dict:
-    return torch.load(os.path.join(out_dir, CKPT_NAME), weights_only=True)
-
-
 @pytest.fixture(scope="module")
 def two_worker_run(ray_start_2_cpus, data_root, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp") / "out"
@@ -52,7 +48,7 @@ def two_worker_run(ray_start_2_cpus, data_root, tmp_path_factory):
 def test_two_worker_ddp_training_lowers_loss_and_checkpoint_loads_weights_only(two_worker_run):
     result, out_dir = two_worker_run
     assert result.metrics["iter"] == 30 and result.metrics["world_size"] == 2
-    ckpt = _weights(out_dir)  # torch.load(weights_only=True): no pickled objects in it
+    ckpt = checkpoint_in(out_dir)  # torch.load(weights_only=True): no pickled objects in it
     assert ckpt["iter_num"] == 30
     assert result.metrics["val_loss"] < 3.0 < 4.1  # starts at ln(65) ~ 4.17
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
@@ -69,7 +65,7 @@ def test_two_worker_ddp_training_lowers_loss_and_checkpoint_loads_weights_only(t
 @pytest.mark.timeout(60)
 def test_wandb_offline_files_hold_logged_metrics(two_worker_run):
     result, out_dir = two_worker_run
-    ckpt = _weights(out_dir)
+    ckpt = checkpoint_in(out_dir)
     run_id = ckpt["resume"]["wandb_run_id"]
     runs = [d for d in (out_dir / "wandb").iterdir() if d.name.startswith("offline-run-") and d.name.endswith(run_id)]
     assert len(runs) == 1, "rank 0 only: exactly one offline run"
@@ -89,7 +85,7 @@ def test_two_workers_match_one_worker_with_accumulation(ray_start_2_cpus, data_r
                   grad_clip=grad_clip)
     train(_cfg(data_root, tmp_path / "two", num_workers=2, **common))
     run_bare(_cfg(data_root, tmp_path / "one", num_workers=1, **common))
-    two, one = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    two, one = checkpoint_in(tmp_path / "two"), checkpoint_in(tmp_path / "one")
     assert two["iter_num"] == one["iter_num"] == 5
     init = _weights_at_init(data_root, tmp_path)
     moved = max((one["model"][k] - init[k]).abs().max().item() for k in init)
@@ -118,7 +114,7 @@ RESUME = dict(num_workers=2, gradient_accumulation_steps=2, eval_interval=5, log
 def uninterrupted_run(ray_start_2_cpus, data_root, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("full") / "out"
     result = train(_cfg(data_root, out_dir, max_iters=20, **RESUME))
-    return result, _weights(out_dir)
+    return result, checkpoint_in(out_dir)
 
 
 @pytest.fixture(scope="module")
@@ -126,22 +122,14 @@ def uninterrupted(uninterrupted_run):
     return uninterrupted_run[1]
 
 
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a["iter_num"] == b["iter_num"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for pid, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
-
-
 @pytest.mark.timeout(180)
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, data_root, tmp_path):
     out_dir = tmp_path / "out"
     train(_cfg(data_root, out_dir, max_iters=10, **RESUME))
-    assert _weights(out_dir)["iter_num"] == 10
+    assert checkpoint_in(out_dir)["iter_num"] == 10
     result = train(_cfg(data_root, out_dir, max_iters=20, init_from="resume", **RESUME))
     assert result.metrics["resumed_from"] == 10
-    _assert_same_state(_weights(out_dir), uninterrupted)
+    assert_same_training_state(checkpoint_in(out_dir), uninterrupted)
 
 
 @pytest.mark.timeout(180)
@@ -151,7 +139,7 @@ def test_nan_loss_rolls_back_to_the_last_checkpoint_and_replays(uninterrupted, d
     result = train(_cfg(data_root, tmp_path / "out", max_iters=20, nan_skip_batches=False, **RESUME), nan_at_12)
     assert result.metrics["nan_rollbacks"] == 1
     # rolled back to iteration 10 with its RNG streams, so the replay is the uninterrupted run exactly
-    _assert_same_state(_weights(tmp_path / "out"), uninterrupted)
+    assert_same_training_state(checkpoint_in(tmp_path / "out"), uninterrupted)
 
 
 @pytest.mark.timeout(120)
@@ -222,7 +210,7 @@ def test_a_run_whose_worker_is_killed_ends_bit_identical_to_an_uninterrupted_one
     thread.start()
     deadline = time.time() + 120
     # out_dir/ckpt.pt is written once Ray has committed a checkpoint
-    while not (marker.exists() and (out_dir / CKPT_NAME).exists() and _weights(out_dir)["iter_num"] == 10):
+    while not (marker.exists() and (out_dir / CKPT_NAME).exists() and checkpoint_in(out_dir)["iter_num"] == 10):
         assert time.time() < deadline and thread.is_alive(), outcome
         time.sleep(0.05)
     # this cluster's address: other Ray clusters may run on the same machine
@@ -236,7 +224,7 @@ def test_a_run_whose_worker_is_killed_ends_bit_identical_to_an_uninterrupted_one
     result = outcome["result"]
     assert result.metrics["iter"] == 20
     assert result.metrics["resumed_from"] == 10  # the new worker group started from the last committed checkpoint
-    _assert_same_state(_weights(out_dir), uninterrupted)
+    assert_same_training_state(checkpoint_in(out_dir), uninterrupted)
 
 
 # ---------------------------------------------------------------------------- bad input: one line, exit 2
