@@ -501,6 +501,21 @@ def check_output(output: str) -> str:
     return ext
 
 
+def require_output(output: str) -> None:
+    if not output:
+        raise BatchSampleError("--prompts needs --output=FILE (.jsonl or .parquet) for the results")
+
+
+def read_batch_prompts(prompts: str, output: str) -> list[dict]:
+    """The records of a local prompts file (first row of each id), once the output is known to be writable: what
+    `sample --prompts` checks before a model loads or Ray starts (its dry run too)."""
+    records = list(unique_ids(read_prompts(prompts)))
+    if not records:  # say so up front, instead of an empty output that looks like a success
+        raise BatchSampleError(f"prompts file {prompts!r} holds no prompts")
+    check_output(output)
+    return records
+
+
 class ResultWriter:
     """Streams result rows to an output as batches finish. .jsonl: appended and flushed per batch.
     .parquet: appended to <output>.partial.jsonl, and on close() merged with the rows already in the

@@ -154,11 +154,10 @@ def _model_for_plan(cfg) -> tuple[str, object]:
 
 def _prompts_line(cfg: SampleConfig) -> str:
     """What batch sampling would read and write: the prompts are read and counted, the output checked."""
-    from .batch_sampling import BatchSampleError, check_output, expand_rows, read_prompts, unique_ids
+    from .batch_sampling import BatchSampleError, check_output, expand_rows, read_batch_prompts, require_output
     from .storage import check_readable, check_writable
 
-    if not cfg.output:
-        raise BatchSampleError("--prompts needs --output=FILE (.jsonl or .parquet) for the results")
+    require_output(cfg.output)
     actors = f"{cfg.num_actors} Ray actors" if cfg.num_actors else "one Ray actor per free CPU (or GPU)"
     if is_uri(cfg.prompts) or is_uri(cfg.output):
         if is_uri(cfg.prompts):
@@ -170,10 +169,7 @@ def _prompts_line(cfg: SampleConfig) -> str:
         else:
             check_output(cfg.output)
         return f"the prompts in {cfg.prompts} (fetched at the start) -> {cfg.output}, on {actors}"
-    records = list(unique_ids(read_prompts(cfg.prompts)))
-    if not records:
-        raise BatchSampleError(f"prompts file {cfg.prompts!r} holds no prompts")
-    check_output(cfg.output)
+    records = read_batch_prompts(cfg.prompts, cfg.output)
     rows = sum(1 for _ in expand_rows(records, cfg))
     return f"{len(records)} prompts ({rows} rows with their samples) from {cfg.prompts} -> {cfg.output}, on {actors}"
 

@@ -23,14 +23,14 @@ from ..batch_sampling import (
     BatchSampleError,
     ResultWriter,
     SampleRow,
-    check_output,
     done_keys,
     expand_rows,
     generate_batch,
     id_key,
     output_schema,
     plan_batches,
-    read_prompts,
+    read_batch_prompts,
+    require_output,
     result_row,
     rows_to_table,
     sample_rows,
@@ -214,17 +214,13 @@ def sample_file(cfg: SampleConfig, actors: list | None = None) -> dict:
     streamed to the output as batches finish. Returns a summary (rows, errors, tokens, seconds).
     Either may be a URI (s3://, gs://): prompts are fetched first, the output is written locally and uploaded
     as one object at the end (with --resume, the object's rows are kept and skipped)."""
-    if not cfg.output:
-        raise ClusterError("--prompts needs --output=FILE (.jsonl or .parquet) for the results")
+    _checked(require_output, cfg.output)
     if is_uri(cfg.prompts) or is_uri(cfg.output):
         with local_input(cfg.prompts) as prompts, staged_output(cfg.output, cfg.resume) as output:
             summary = sample_file(dataclasses.replace(cfg, prompts=prompts, output=output), actors)
         print(f"uploaded {cfg.output}", file=sys.stderr)
         return summary
-    records = _checked(lambda: list(unique_ids(read_prompts(cfg.prompts))))
-    if not records:  # say so before Ray starts, instead of an empty output that looks like a success
-        raise ClusterError(f"prompts file {cfg.prompts!r} holds no prompts")
-    _checked(check_output, cfg.output)
+    records = _checked(read_batch_prompts, cfg.prompts, cfg.output)
     done = _checked(done_keys, cfg.output) if cfg.resume else set()
     rows = [r for r in expand_rows(records, cfg) if (id_key(r.id), r.sample) not in done]
     if done:
